@@ -1,0 +1,245 @@
+"""The fused engine: exact per-sample merging of a generalist/expert pair in one batched forward.
+
+`FusedCLIP` deep-copies the expert, swaps every weight-bearing module for its fused twin
+(fused_ops.py) and handles the parameters that towers use directly (class/positional embeddings,
+projections, logit_scale) here, per supported tower: open_clip VisionTransformer / text transformer,
+timm ViT (BiomedCLIP's image tower) and Hugging Face text encoders (BiomedCLIP's BERT).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Engine
+from .fused_ops import (FusedConv2d, FusedEmbedding, FusedLayerNorm, FusedLayerScale, FusedLinear,
+                        FusedMultiheadAttention, RowLambda, delta_or_none, per_row)
+
+# Measured on 2 CPU threads (benchmarks/bench_engines.py): forming per-row weights pays off from about
+# this many tokens per row; below it the dual form (one GEMM against [W_exp; ΔW]) is cheaper.
+CHUNKED_MIN_TOKENS = 48
+CHUNK_BYTES = 64 * 2**20
+
+
+class FusedCLIP(nn.Module):
+    """A merged open_clip model whose every row r runs with θ_r = θ_exp + λ_r·(θ_gen − θ_exp)."""
+
+    def __init__(self, generalist: nn.Module, expert: nn.Module, *, chunked_min_tokens: int = CHUNKED_MIN_TOKENS,
+                 chunk_bytes: int = CHUNK_BYTES):
+        super().__init__()
+        self.rows = RowLambda()
+        self.model = copy.deepcopy(expert).eval()
+        linear_kw = dict(chunked_min_tokens=chunked_min_tokens, chunk_bytes=chunk_bytes)
+        _check_buffers(generalist, expert)
+        gen_modules = dict(generalist.named_modules())
+        fused_params: set[str] = set()
+        replaced: list[str] = []
+        for name, module in list(self.model.named_modules()):
+            if any(name.startswith(r + ".") for r in replaced):
+                continue  # inside a module already fused as a whole (e.g. attention's out_proj)
+            twin = _fuse_module(module, gen_modules[name], self.rows, linear_kw)
+            if twin is not None:
+                fused_params.update(f"{name}.{p}" for p, _ in module.named_parameters())
+                _replace(self.model, name, twin)
+                replaced.append(name)
+        gen_params = dict(generalist.named_parameters())
+        self.direct = {n: (p.detach(), delta_or_none(gen_params[n], p)) for n, p in self.model.named_parameters()}
+        self._check_supported(fused_params)
+
+    def _check_supported(self, fused_params: set[str]) -> None:
+        visual, text = _visual_kind(self.model), _text_kind(self.model)
+        handled = set(fused_params) | {"logit_scale", "logit_bias"} | _DIRECT[visual] | _DIRECT[text]
+        unhandled = [n for n in self.direct if n not in handled and not _prefixed(n, handled)]
+        if unhandled:
+            raise ValueError(
+                f"fused engine: unsupported parameters {unhandled[:5]} (towers: {visual}, {text}); "
+                "use engine='naive' or 'batch' for this architecture"
+            )
+        self.visual_kind, self.text_kind = visual, text
+
+    # -- per-row parameters used directly by the towers --------------------------------------------
+    def param(self, name: str, lam: torch.Tensor) -> torch.Tensor:
+        """[R, *shape] per-row merged parameter, or the shared expert parameter when Δ = 0."""
+        base, delta = self.direct[name]
+        return per_row(base, delta, lam)
+
+    def _matmul(self, x: torch.Tensor, name: str, lam: torch.Tensor) -> torch.Tensor:
+        """x [R, D] @ (P_exp + λ_r ΔP) without forming R matrices."""
+        base, delta = self.direct[name]
+        y = x @ base
+        return y if delta is None else torch.addcmul(y, lam.to(y.dtype).view(-1, 1), x @ delta)
+
+    # -- public per-row API --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        with self.rows.set(lam):
+            if self.visual_kind == "open_clip_vit":
+                return self._open_clip_vit(self.model.visual, images, lam)
+            trunk = self.model.visual.trunk  # timm ViT: per-row cls/reg tokens and positional embedding
+            overrides = {f"trunk.{n}": self.param(f"visual.trunk.{n}", lam).squeeze(1)
+                         for n in ("cls_token", "reg_token", "pos_embed")
+                         if getattr(trunk, n, None) is not None and self.direct[f"visual.trunk.{n}"][1] is not None}
+            return torch.func.functional_call(self.model.visual, overrides, (images,), strict=False)
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        with self.rows.set(lam):
+            if self.text_kind == "hf_text":
+                return self.model.text(tokens)
+            return self._open_clip_text(tokens, lam)
+
+    def logit_scale(self, lam: torch.Tensor) -> torch.Tensor:
+        return self.param("logit_scale", lam).reshape(lam.shape[0], -1)[:, 0].exp()
+
+    def logit_bias(self, lam: torch.Tensor) -> torch.Tensor | None:
+        if getattr(self.model, "logit_bias", None) is None:
+            return None
+        return self.param("logit_bias", lam).reshape(lam.shape[0], -1)[:, 0]
+
+    # -- tower forwards mirroring open_clip, with per-row parameters ----------------------------------
+    def _open_clip_vit(self, v, images, lam):
+        x = v.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = self.param("visual.class_embedding", lam).expand(x.shape[0], -1).unsqueeze(1)
+        x = torch.cat([cls.to(x.dtype), x], dim=1)
+        x = x + self.param("visual.positional_embedding", lam).to(x.dtype)
+        x = v.ln_pre(v.patch_dropout(x))
+        x = v.transformer(x)
+        pooled, _ = v._pool(x)
+        return pooled if v.proj is None else self._matmul(pooled, "visual.proj", lam)
+
+    def _open_clip_text(self, text, lam):
+        m = self.model
+        tower, prefix = (m.text, "text.") if self.text_kind == "open_clip_text_tower" else (m, "")
+        seq_len = text.shape[1]
+        x = tower.token_embedding(text)
+        x = x + self.param(prefix + "positional_embedding", lam)[..., :seq_len, :].to(x.dtype)
+        attn_mask = tower.attn_mask
+        if prefix and tower.use_pad_mask:
+            pad = tower._build_additive_mask(text, seq_len, x.dtype)
+            attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
+        x = tower.transformer(x, attn_mask=attn_mask)
+        x = tower.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
+        pool_type = tower.pool_type if prefix else m.text_pool_type
+        eos = getattr(tower, "eos_id" if prefix else "text_eos_id", None)
+        pooled = text_global_pool(x, text, pool_type, eos_token_id=eos)
+        proj = tower.text_projection
+        if proj is None or isinstance(proj, nn.Module):
+            return pooled if proj is None else proj(pooled)
+        return self._matmul(pooled, prefix + "text_projection", lam)
+
+
+_DIRECT = {
+    "open_clip_vit": {"visual.class_embedding", "visual.positional_embedding", "visual.proj"},
+    "timm_vit": {"visual.trunk.cls_token", "visual.trunk.reg_token", "visual.trunk.pos_embed"},
+    "open_clip_text": {"positional_embedding", "text_projection"},
+    "open_clip_text_tower": {"text.positional_embedding", "text.text_projection"},
+    "hf_text": set(),
+}
+
+
+def _check_buffers(generalist: nn.Module, expert: nn.Module) -> None:
+    gen_buffers = dict(generalist.named_buffers())
+    for name, buf in expert.named_buffers():
+        if buf.is_floating_point() and name in gen_buffers and not torch.equal(buf, gen_buffers[name]):
+            raise ValueError(f"fused engine: float buffer '{name}' differs between the two models and its "
+                             "merge is not affine in λ (e.g. BatchNorm statistics); use engine='naive'")
+
+
+def _prefixed(name: str, handled: set[str]) -> bool:
+    return any(name.startswith(h + ".") for h in handled)
+
+
+def _visual_kind(model: nn.Module) -> str:
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, VisionTransformer):
+        if visual.attn_pool is not None:
+            raise ValueError("fused engine: attentional pooling (CoCa-style) image towers are not supported")
+        return "open_clip_vit"
+    if isinstance(visual, TimmModel):
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        trunk = visual.trunk
+        if not isinstance(trunk, TimmViT) or getattr(trunk, "dynamic_img_size", False):
+            raise ValueError(f"fused engine: timm trunk {type(trunk).__name__} is not supported (timm ViT only)")
+        return "timm_vit"
+    raise ValueError(f"fused engine: image tower {type(visual).__name__} is not supported "
+                     "(open_clip VisionTransformer or timm ViT); use engine='naive' or 'batch'")
+
+
+def _text_kind(model: nn.Module) -> str:
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.transformer import TextTransformer
+
+    text = getattr(model, "text", None)
+    if text is None and hasattr(model, "token_embedding"):
+        return "open_clip_text"
+    if isinstance(text, TextTransformer):
+        if text.cls_emb is not None:
+            raise ValueError("fused engine: text towers with a class token (CoCa) are not supported")
+        return "open_clip_text_tower"
+    if isinstance(text, HFTextEncoder):
+        return "hf_text"
+    raise ValueError(f"fused engine: text tower {type(text).__name__} is not supported")
+
+
+def _fuse_module(module: nn.Module, gen: nn.Module, rows: RowLambda, linear_kw: dict) -> nn.Module | None:
+    """The fused twin of a weight-bearing leaf module, or None for modules without own parameters."""
+    from open_clip.transformer import LayerNormFp32
+    from open_clip.transformer import LayerScale as OCLayerScale
+
+    try:
+        from timm.layers import LayerScale as TimmLayerScale
+    except ImportError:  # pragma: no cover - timm is a dependency
+        TimmLayerScale = OCLayerScale
+    if isinstance(module, nn.MultiheadAttention):
+        return FusedMultiheadAttention(module, gen, rows, **linear_kw)
+    if isinstance(module, nn.Linear):
+        return FusedLinear.from_modules(module, gen, rows, **linear_kw)
+    if isinstance(module, nn.Conv2d):
+        return FusedConv2d(module, gen, rows)
+    if isinstance(module, nn.LayerNorm):
+        return FusedLayerNorm(module, gen, rows, fp32=isinstance(module, LayerNormFp32))
+    if isinstance(module, nn.Embedding):
+        return FusedEmbedding(module, gen, rows)
+    if isinstance(module, (OCLayerScale, TimmLayerScale)):
+        return FusedLayerScale(module, gen, rows)
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    if own and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.Conv1d, nn.Conv3d)):
+        raise ValueError(f"fused engine: module {type(module).__name__} is not supported; use engine='naive'")
+    return None
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+class FusedEngine(Engine):
+    """Exact per-sample merging in one batched forward per tower (DESIGN.md §2)."""
+
+    name = "fused"
+
+    def __init__(self, generalist: nn.Module, expert: nn.Module, **kw):
+        super().__init__(generalist, expert)
+        self.fused = FusedCLIP(generalist, expert, **kw)
+
+    def image_features(self, images, lam):
+        return self.fused.encode_image(images, lam)
+
+    def text_features(self, tokens, lam):
+        return self.fused.encode_text(tokens, lam)
+
+    def logit_scale(self, lam):
+        return self.fused.logit_scale(lam)
+
+    def logit_bias(self, lam):
+        return self.fused.logit_bias(lam)

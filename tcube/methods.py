@@ -1,0 +1,218 @@
+"""Every T^3 method and baseline behind one call: `Merger.predict(images, method, **params)`.
+
+A Merger holds what is costly to rebuild for a generalist/expert pair and one label space: the
+two endpoint heads, the engine (e.g. fused copies of the weights), per-λ merged heads and
+static merged models. Coefficient maths lives in coefficients.py, static merges in merging.py.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import coefficients as coef
+from . import merging
+from .engines import TextHeads, make_engine, merged_logits
+from .models.checkpoints import check_compatible
+from .models.heads import tokenize_prompts, zero_shot_head
+
+ENDPOINTS = ("generalist", "expert")
+STATIC = ("weight_average", "wise_ft", "task_arithmetic", "ties", "dare", "slerp")
+PER_SAMPLE = ("t3", "dawin", "t3_cal")
+METHODS = ENDPOINTS + ("ensemble",) + STATIC + ("dawin", "t3", "t3_batch", "t3_cal", "wise_ft_cal")
+
+# Every coefficient is the weight on the generalist (λ), so lambdas are comparable across methods.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "gamma": 0.5, "lambda_min": 0.0, "lambda_max": 1.0, "tau": 0.0,  # T^3 (paper defaults)
+    "alpha": 0.5,          # wise_ft / slerp: weight on the generalist
+    "scale": 0.5,          # task_arithmetic: θ_gen + s·τ;  ties/dare use `merge_scale`
+    "density": 0.2,        # ties: fraction of τ kept
+    "drop": 0.5,           # dare: drop probability
+    "merge_scale": 1.0,    # ties/dare: scale of the merged task vector
+    "seed": 0,             # dare
+    "offset": False,       # dawin: official offset adjustment
+}
+
+# Validation grids for the calibrated variants: the paper's defaults first, so ties keep them.
+T3_CAL_GRID = [dict(gamma=g, lambda_min=lo, lambda_max=hi) for g in (0.5, 2.0, 8.0, 32.0)
+               for lo, hi in ((0.0, 1.0), (0.25, 0.75), (0.0, 0.5), (0.5, 1.0))]
+WISE_FT_CAL_GRID = [dict(alpha=a / 10) for a in (5, 4, 6, 3, 7, 2, 8, 1, 9, 0, 10)]
+
+
+@dataclass
+class MergeOutput:
+    logits: torch.Tensor   # [B, C]
+    probs: torch.Tensor    # [B, C]
+    preds: torch.Tensor    # [B]
+    lambdas: torch.Tensor  # [B] weight on the generalist actually used (NaN where no single one exists)
+    js: torch.Tensor       # [B] JS(p_gen ‖ p_exp) in nats
+    params: dict[str, Any] = field(default_factory=dict)  # coefficients used (chosen ones for *_cal)
+
+
+def check_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of {list(METHODS)}")
+    unknown = set(params) - set(DEFAULT_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown method parameters {sorted(unknown)}; known: {sorted(DEFAULT_PARAMS)}")
+    p = {**DEFAULT_PARAMS, **params}
+    for key in ("gamma", "lambda_min", "lambda_max", "tau", "alpha", "scale"):
+        if not math.isfinite(float(p[key])):
+            raise ValueError(f"{key} must be finite, got {p[key]}")
+    if p["lambda_min"] > p["lambda_max"]:
+        raise ValueError(f"lambda_min ({p['lambda_min']}) must not exceed lambda_max ({p['lambda_max']})")
+    if p["gamma"] < 0:
+        raise ValueError(f"gamma must be ≥ 0, got {p['gamma']}")
+    if not 0.0 <= p["alpha"] <= 1.0:
+        raise ValueError(f"alpha (weight on the generalist) must lie in [0, 1], got {p['alpha']}")
+    return p
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a preprocessed float tensor [B, 3, H, W], got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (preprocessed), got {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf values; check the preprocessing or the data files")
+
+
+class Merger:
+    """Merged inference for one generalist/expert pair and one set of classes."""
+
+    def __init__(self, generalist: nn.Module, expert: nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                 templates: Sequence[str] | None = None, *, engine: str = "fused", text_heads: str = "exact",
+                 grid_size: int = 33, engine_options: dict[str, Any] | None = None):
+        check_compatible(generalist.state_dict(), expert.state_dict(), "generalist and expert")
+        self.generalist, self.expert = generalist.eval(), expert.eval()
+        self.device = next(expert.parameters()).device
+        self.tokenizer, self.classnames, self.templates = tokenizer, list(classnames), templates
+        tokens, (n_classes, n_templates) = tokenize_prompts(tokenizer, classnames, templates)
+        self.tokens = tokens.to(self.device)
+        self.head_gen = zero_shot_head(generalist, tokenizer, classnames, templates)
+        self.head_exp = zero_shot_head(expert, tokenizer, classnames, templates)
+        self.engine_name = engine
+        self.engine = make_engine(engine, generalist, expert, **(engine_options or {}))
+        self.heads = TextHeads(self.engine, self.tokens, n_classes, n_templates, mode=text_heads, grid_size=grid_size)
+        self._static: dict[tuple, tuple[nn.Module, torch.Tensor]] = {}
+        self.calibrated: dict[str, dict[str, Any]] = {}
+
+    # -- the two endpoints (also the JS pass) ------------------------------------------------------
+    @torch.no_grad()
+    def endpoint_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device)
+        return _plain_logits(self.generalist, self.head_gen, images), _plain_logits(self.expert, self.head_exp, images)
+
+    # -- one call for every method ------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, method: str = "t3", *, endpoint_logits=None, **params) -> MergeOutput:
+        """Merged predictions for a batch. `endpoint_logits` may pass cached (gen, exp) logits."""
+        p = check_params(method, params)
+        check_images(images)
+        images = images.to(self.device)
+        logits_gen, logits_exp = endpoint_logits if endpoint_logits is not None else self.endpoint_logits(images)
+        p_gen, p_exp = logits_gen.float().softmax(-1), logits_exp.float().softmax(-1)
+        js = coef.js_divergence(p_gen, p_exp)
+        batch = images.shape[0]
+        used: dict[str, Any] = {}
+
+        def constant(value: float) -> torch.Tensor:
+            return torch.full((batch,), float(value), device=self.device)
+
+        if method == "generalist":
+            logits, lam = logits_gen.float(), constant(1.0)
+        elif method == "expert":
+            logits, lam = logits_exp.float(), constant(0.0)
+        elif method == "ensemble":
+            logits, lam = ((p_gen + p_exp) / 2).clamp_min(1e-30).log(), constant(0.5)
+        elif method in STATIC or method == "wise_ft_cal":
+            if method == "wise_ft_cal":
+                used = self._calibrated("wise_ft_cal")
+                method, p = "wise_ft", {**p, **used}
+            model, head = self._static_model(method, p)
+            logits = _plain_logits(model, head, images)
+            lam = constant(_static_lambda(method, p))
+            used = used or {k: p[k] for k in _STATIC_KEYS[method]}
+        else:
+            if method == "t3_cal":
+                used = self._calibrated("t3_cal")
+                p = {**p, **used}
+            if method == "dawin":
+                lam = coef.dawin_lambda(p_gen, p_exp, offset=p["offset"])
+                used = {"offset": p["offset"]}
+            else:
+                lam = coef.t3_lambda(js, gamma=p["gamma"], lambda_min=p["lambda_min"], lambda_max=p["lambda_max"],
+                                     tau=p["tau"])
+                used = used or {k: p[k] for k in ("gamma", "lambda_min", "lambda_max", "tau")}
+                if method == "t3_batch":
+                    lam = coef.t3_batch_lambda(lam)
+            logits, lam = merged_logits(self.engine, images, lam.float(), self.heads)
+        probs = logits.softmax(-1)
+        return MergeOutput(logits, probs, probs.argmax(-1), lam, js, used)
+
+    # -- static merges ------------------------------------------------------------------------------
+    def _static_model(self, method: str, p: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+        key = (method,) + tuple(p[k] for k in _STATIC_KEYS[method])
+        if key not in self._static:
+            gen, exp = self.generalist.state_dict(), self.expert.state_dict()
+            state = {
+                "weight_average": lambda: merging.weight_average([gen, exp]),
+                "wise_ft": lambda: merging.wise_ft(gen, exp, p["alpha"]),
+                "task_arithmetic": lambda: merging.task_arithmetic(gen, [exp], p["scale"]),
+                "ties": lambda: merging.ties(gen, [exp], density=p["density"], scale=p["merge_scale"]),
+                "dare": lambda: merging.dare(gen, [exp], drop=p["drop"], scale=p["merge_scale"], seed=p["seed"]),
+                "slerp": lambda: merging.slerp(gen, exp, 1.0 - p["alpha"]),
+            }[method]()
+            model = copy.deepcopy(self.expert)
+            model.load_state_dict(state)
+            self._static[key] = (model.eval(), zero_shot_head(model, self.tokenizer, self.classnames, self.templates))
+        return self._static[key]
+
+    # -- validation-tuned variants ------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> dict[str, dict]:
+        """Choose t3_cal's (γ, λ_min, λ_max) and wise_ft_cal's α by validation top-1 (first best wins)."""
+        labels = labels.to(self.device)
+        batches = list(zip(images.split(batch_size), labels.split(batch_size)))
+        cached = [(x, y, self.endpoint_logits(x)) for x, y in batches]
+
+        def accuracy(method: str, params: dict) -> float:
+            hits = sum(int((self.predict(x, method, endpoint_logits=e, **params).preds == y).sum()) for x, y, e in cached)
+            return hits / max(1, labels.numel())
+
+        self.calibrated = {
+            "t3_cal": max(T3_CAL_GRID, key=lambda g: (accuracy("t3", g), -T3_CAL_GRID.index(g))),
+            "wise_ft_cal": max(WISE_FT_CAL_GRID, key=lambda g: (accuracy("wise_ft", g), -WISE_FT_CAL_GRID.index(g))),
+        }
+        return self.calibrated
+
+    def _calibrated(self, method: str) -> dict[str, Any]:
+        if method not in self.calibrated:
+            raise ValueError(f"method '{method}' chooses its coefficients on validation data: call "
+                             "Merger.calibrate(val_images, val_labels) first, or pass validation=(images, labels) "
+                             "to merge_and_predict")
+        return self.calibrated[method]
+
+
+_STATIC_KEYS = {"weight_average": (), "wise_ft": ("alpha",), "task_arithmetic": ("scale",),
+                "ties": ("density", "merge_scale"), "dare": ("drop", "merge_scale", "seed"), "slerp": ("alpha",)}
+
+
+def _static_lambda(method: str, p: dict[str, Any]) -> float:
+    """The weight on the generalist of a static merge; NaN where no single one exists (TIES, DARE)."""
+    return {"weight_average": 0.5, "wise_ft": p["alpha"], "slerp": p["alpha"],
+            "task_arithmetic": 1.0 - p["scale"]}.get(method, float("nan"))
+
+
+def _plain_logits(model: nn.Module, head: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    img = F.normalize(model.encode_image(images).float(), dim=-1)
+    logits = model.logit_scale.detach().float().exp() * img @ head.to(img.device).T
+    bias = getattr(model, "logit_bias", None)
+    return logits if bias is None else logits + bias.detach().float()
