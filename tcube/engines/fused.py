@@ -91,12 +91,17 @@ class FusedCLIP(nn.Module):
             return self._open_clip_text(tokens, lam)
 
     def logit_scale(self, lam: torch.Tensor) -> torch.Tensor:
-        return self.param("logit_scale", lam).reshape(lam.shape[0], -1)[:, 0].exp()
+        return self._scalar("logit_scale", lam).exp()
 
     def logit_bias(self, lam: torch.Tensor) -> torch.Tensor | None:
         if getattr(self.model, "logit_bias", None) is None:
             return None
-        return self.param("logit_bias", lam).reshape(lam.shape[0], -1)[:, 0]
+        return self._scalar("logit_bias", lam)
+
+    def _scalar(self, name: str, lam: torch.Tensor) -> torch.Tensor:
+        base, delta = self.direct[name]
+        base = base.reshape(-1)[0].float()
+        return base + lam.float() * (0.0 if delta is None else delta.reshape(-1)[0].float())
 
     # -- tower forwards mirroring open_clip, with per-row parameters ----------------------------------
     def _open_clip_vit(self, v, images, lam):

@@ -47,13 +47,16 @@ class TextHeads:
 
     def exact(self, lam: torch.Tensor) -> torch.Tensor:
         values, inverse = torch.unique(lam, return_inverse=True)
-        missing = [v for v in values.tolist() if v not in self._cache]
+        keys = values.tolist()
+        missing = [v for v in keys if v not in self._cache]
         if missing:
-            for v, h in zip(missing, self.encode(torch.tensor(missing, dtype=lam.dtype, device=lam.device))):
-                self._cache[v] = h
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return torch.stack([self._cache[v] for v in values.tolist()])[inverse]
+            self._cache.update(zip(missing, self.encode(torch.tensor(missing, dtype=lam.dtype, device=lam.device))))
+        heads = torch.stack([self._cache[v] for v in keys])[inverse]
+        for v in keys:  # least recently used λ leave first; repeated λ (static, T^3_B grids) stay
+            self._cache.move_to_end(v)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return heads
 
     def interpolated(self, lam: torch.Tensor) -> torch.Tensor:
         if lam.min() < 0 or lam.max() > 1:
