@@ -1,0 +1,205 @@
+"""NpzDataset on synthetic and real MedMNIST-layout files, and local Hugging Face folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tcube.data.npz import NpzDataset, load_npz_split
+
+_ENV_DATA_DIR = os.environ.get("TCUBE_DATA_DIR")
+
+# Split sizes and class counts from ../shared/data/medmnist/PROVENANCE.md
+REAL = {
+    "retinamnist": dict(sizes=(1080, 120, 400), shape=(28, 28, 3), classes=5),
+    "pneumoniamnist": dict(sizes=(4708, 524, 624), shape=(28, 28), classes=2),
+    "breastmnist": dict(sizes=(546, 78, 156), shape=(28, 28), classes=2),
+    "ph2": dict(sizes=(140, 20, 40), shape=(28, 28, 3), classes=3),
+}
+
+
+def real_file(name: str) -> Path:
+    """The real file from $TCUBE_DATA_DIR, else the checkout's sibling shared/data/medmnist; else skip."""
+    candidates = ([Path(_ENV_DATA_DIR)] if _ENV_DATA_DIR else []) + [
+        Path(__file__).resolve().parents[2] / "shared/data/medmnist"]
+    for c in candidates:
+        if (c / f"{name}.npz").is_file():
+            return c / f"{name}.npz"
+    pytest.skip(f"{name}.npz not found in {[str(c) for c in candidates]}; set TCUBE_DATA_DIR to its folder")
+
+
+def make_npz(path: Path, *, shape=(5, 13, 17), label_shape="column", n_classes=3, seed=0, **overrides) -> Path:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        n = shape[0]
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        labels = np.arange(n) % n_classes
+        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8) if label_shape == "column" else labels
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_gray_odd_size_column_labels(tmp_path):
+    path = make_npz(tmp_path / "g.npz", shape=(5, 13, 17), label_shape="column")
+    ds = NpzDataset(path, "test")
+    assert len(ds) == 5
+    img, label = ds[1]
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (17, 13)
+    assert type(label) is int and label == 1
+    raw = np.load(path)["test_images"][1]
+    assert np.array_equal(np.asarray(img)[..., 0], raw) and np.array_equal(np.asarray(img)[..., 2], raw)
+
+
+def test_rgb_flat_labels_and_transform(tmp_path):
+    path = make_npz(tmp_path / "c.npz", shape=(4, 9, 11, 3), label_shape="flat")
+    ds = NpzDataset(path, "val", transform=lambda im: np.asarray(im).sum())
+    raw = np.load(path)
+    value, label = ds[3]
+    assert value == raw["val_images"][3].astype(np.int64).sum()
+    assert label == 0  # labels 0,1,2,0
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 1, 2, 0]
+
+
+def test_indices_and_label_map_for_class_subsets(tmp_path):
+    path = make_npz(tmp_path / "s.npz", shape=(9, 8, 8), label_shape="flat", n_classes=3)
+    full = NpzDataset(path, "train")
+    keep = np.flatnonzero(np.isin(full.labels, [1, 2]))
+    sub = NpzDataset(path, "train", indices=keep, label_map={1: 0, 2: 1})
+    assert len(sub) == 6 and sub.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert np.array_equal(np.asarray(sub[0][0]), np.asarray(full[int(keep[0])][0]))
+    with pytest.raises(ValueError, match=r"labels \[0\] are not in label_map"):
+        NpzDataset(path, "train", label_map={1: 0, 2: 1})
+    with pytest.raises(IndexError, match="out of range"):
+        NpzDataset(path, "train", indices=[0, 9])
+    with pytest.raises(ValueError, match="no samples"):
+        NpzDataset(path, "train", indices=[])
+
+
+def test_arrays_are_loaded_once_and_file_closed(tmp_path):
+    path = make_npz(tmp_path / "o.npz")
+    ds = NpzDataset(path, "test")
+    assert type(ds.images) is np.ndarray and ds.images.flags.owndata
+    fd_dir = Path("/proc/self/fd")
+    if fd_dir.is_dir():
+        open_targets = {os.path.realpath(fd_dir / fd) for fd in os.listdir(fd_dir)}
+        assert str(path.resolve()) not in open_targets
+    path.unlink()
+    assert ds[0][1] == 0  # still served from memory
+
+
+def test_missing_keys_lists_present_keys(tmp_path):
+    path = make_npz(tmp_path / "m.npz", test_labels=None)
+    with pytest.raises(ValueError) as e:
+        NpzDataset(path, "test")
+    assert "test_labels" in str(e.value) and "test_images" in str(e.value) and "train_labels" in str(e.value)
+
+
+@pytest.mark.parametrize("override,match", [
+    (dict(test_images=np.zeros((0, 8, 8), np.uint8), test_labels=np.zeros((0, 1), np.uint8)), "empty"),
+    (dict(test_labels=np.zeros((4, 1), np.uint8)), "5 images but test_labels has 4"),
+    (dict(test_labels=np.zeros((5, 14), np.uint8)), "multi-label"),
+    (dict(test_images=np.zeros((5, 8, 8), np.float32)), "uint8"),
+    (dict(test_images=np.zeros((5, 8, 8, 4), np.uint8)), "expected gray"),
+    (dict(test_labels=np.full((5, 1), 0.5)), "non-integer"),
+    (dict(test_labels=-np.ones((5,), np.int64)), "negative"),
+])
+def test_invalid_contents(tmp_path, override, match):
+    path = make_npz(tmp_path / "bad.npz", shape=(5, 8, 8), **override)
+    with pytest.raises(ValueError, match=match):
+        NpzDataset(path, "test")
+
+
+def test_bad_split_and_missing_file(tmp_path):
+    path = make_npz(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="split must be one of"):
+        NpzDataset(path, "validation")
+    with pytest.raises(FileNotFoundError, match="find_npz"):
+        load_npz_split(tmp_path / "nope.npz", "test")
+
+
+def test_from_name_uses_find_npz(tmp_path):
+    make_npz(tmp_path / "mydata.npz", shape=(3, 6, 6))
+    ds = NpzDataset.from_name("mydata", "val", root=tmp_path)
+    assert len(ds) == 3 and ds.split == "val"
+
+
+# ----------------------------------------------------------------------------- real files
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_files_split_sizes(name):
+    path = real_file(name)
+    expected = REAL[name]
+    for split, n in zip(("train", "val", "test"), expected["sizes"]):
+        ds = NpzDataset(path, split)
+        assert len(ds) == n
+        assert ds.images.shape[1:] == expected["shape"]
+        assert set(np.unique(ds.labels).tolist()) == set(range(expected["classes"]))
+        img, label = ds[0]
+        assert img.mode == "RGB" and img.size == (28, 28) and 0 <= label < expected["classes"]
+
+
+def test_real_ph2_has_three_classes_like_the_registry():
+    from tcube.data.registry import get_dataset_spec
+
+    ds = NpzDataset(real_file("ph2"), "train")
+    assert get_dataset_spec("ph2").num_classes == 3 == len(np.unique(ds.labels))
+    assert np.bincount(ds.labels).tolist() == [56, 56, 28]  # PROVENANCE.md
+
+
+# ----------------------------------------------------------------------------- Hugging Face folders
+
+
+@pytest.fixture
+def imagefolder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("benign", "malignant"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (7, 9), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_hf_imagefolder(imagefolder, tmp_path):
+    from tcube.data.hf import load_hf_imagefolder
+
+    ds, names = load_hf_imagefolder(imagefolder, "test", cache_dir=tmp_path / "cache")
+    assert names == ("benign", "malignant") and len(ds) == 4
+    labels = []
+    for img, label in ds:
+        assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (9, 7)
+        labels.append(label)
+    assert sorted(labels) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="splits"):
+        load_hf_imagefolder(imagefolder, "val", cache_dir=tmp_path / "cache")
+
+
+def test_hf_save_to_disk_and_parquet(imagefolder, tmp_path):
+    import datasets
+
+    from tcube.data.hf import load_hf_imagefolder
+
+    ref = datasets.load_dataset("imagefolder", data_dir=str(imagefolder), cache_dir=str(tmp_path / "c0"))
+    ref.save_to_disk(str(tmp_path / "saved"))
+    ds, names = load_hf_imagefolder(tmp_path / "saved", "train")
+    assert names == ("benign", "malignant") and len(ds) == 4 and ds[0][0].mode == "RGB"
+    (tmp_path / "pq").mkdir()
+    ref["test"].to_parquet(str(tmp_path / "pq" / "test.parquet"))
+    ds, names = load_hf_imagefolder(tmp_path / "pq" / "test.parquet", cache_dir=tmp_path / "c1", split="train")
+    assert names == ("benign", "malignant") and len(ds) == 4
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_hf_imagefolder(tmp_path / "missing", "test")
