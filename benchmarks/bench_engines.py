@@ -1,0 +1,252 @@
+"""Engine benchmark: throughput, peak memory and exactness of every way to run T^3, in one run.
+
+    python benchmarks/bench_engines.py [--scales small,vit_b16,biomedclip] [--batch 32] [--out bench.json]
+
+Random weights (speed only; expert = generalist + noise). Per scale it times one batch end to end
+(endpoint JS pass + merged pass) after a warm-up batch, and prints ratios measured in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from tcube import Merger
+from tcube.methods import _plain_logits
+from tcube.models import build_model, tokenizer_for
+
+CLASSES = ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
+           "severe diabetic retinopathy", "proliferative diabetic retinopathy"]
+TEMPLATES = ["a colour fundus photograph showing {}.", "a retinal image with {}."]
+
+SMALL_CFG = {  # the zoo's size: ~8 M parameters, 32 px
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 4},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+
+
+def biomedclip_cfg(folder: Path) -> dict:
+    """BiomedCLIP's architecture (timm ViT-B/16 + PubMedBERT-base, context 256) from a local BERT config."""
+    from transformers import BertConfig, BertTokenizerFast
+
+    words = sorted({w for c in CLASSES + TEMPLATES for w in c.replace(".", " ").replace("{}", " ").split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+               intermediate_size=3072, max_position_embeddings=512).save_pretrained(folder)
+    return {"embed_dim": 512,
+            "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                           "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
+                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256},
+            "custom_text": True}
+
+
+def make_pair(scale: str, tmp: Path):
+    import open_clip
+
+    if scale == "small":
+        cfg, folder = SMALL_CFG, None
+    elif scale == "vit_b16":
+        cfg, folder = open_clip.get_model_config("ViT-B-16"), None
+    else:
+        folder = tmp / "bert"
+        folder.mkdir(exist_ok=True)
+        cfg = biomedclip_cfg(folder)
+    torch.manual_seed(0)
+    gen = build_model(cfg)
+    exp = copy.deepcopy(gen)
+    with torch.no_grad():
+        for p in exp.parameters():
+            p.add_(torch.randn_like(p) * (p.std() if p.numel() > 1 else 1.0) * 0.2)
+    size = cfg["vision_cfg"].get("image_size", 224)
+    return gen.eval(), exp.eval(), tokenizer_for(cfg, folder), size
+
+
+class PeakMemory:
+    """Peak resident memory above the start of the block (CPU), or peak CUDA allocation."""
+
+    def __init__(self, device: str):
+        self.device, self.peak = device, 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        _trim()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start, self.running = self._rss(), True
+            self.thread = threading.Thread(target=self._poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss() - self.start)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.peak, self._rss() - self.start)
+
+
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: peak memory readings are then upper bounds of nothing; skip trimming
+        return None
+
+
+def _exact_rss() -> None:
+    """Make RSS follow live tensors: big blocks always mmap'd (M_MMAP_THRESHOLD fixed at 128 KiB)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 128 * 1024)
+
+
+def _trim() -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+MEMORY_PASS = False  # set by --memory-pass: one call per config, RSS made exact (slower allocations)
+
+
+def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 5):
+    """Median seconds of repeated calls (at least one, more while under min_seconds), and peak memory."""
+    times = []
+    with PeakMemory(device) as mem:
+        while not times or (not MEMORY_PASS and sum(times) < min_seconds and len(times) < max_reps):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            out = result if not times else out  # the first call's output (it ran on the first batch)
+            times.append(time.perf_counter() - start)
+    return out, sorted(times)[len(times) // 2], mem.peak / 2**20
+
+
+def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int) -> list[dict]:
+    gen, exp, tokenizer, size = make_pair(scale, tmp)
+    gen, exp = gen.to(device), exp.to(device)
+    g = torch.Generator().manual_seed(1)
+    warm = torch.randn(batch, 3, size, size, generator=g).to(device)
+    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    rows = []
+
+    def merger(engine, heads="exact", **options):
+        return Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, engine=engine, text_heads=heads,
+                      grid_size=grid_size, engine_options=options)
+
+    head = merger("batch").head_exp
+    plain, seconds, peak = timed(lambda: _plain_logits(exp, head, images), device)
+    rows.append({"scale": scale, "config": "single model forward", "images_per_s": batch / seconds,
+                 "seconds": seconds, "peak_mib": peak, "logits": plain})
+    print(f"  {scale:10s} {'single model forward':24s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
+    configs = [  # name, merger factory, method
+        ("T^3_B (batch engine)", lambda: merger("batch"), "t3_batch"),
+        ("T^3 fused, text grid", lambda: merger("fused", "grid"), "t3"),
+        ("T^3 fused, text exact", lambda: merger("fused", "exact"), "t3"),
+        ("T^3 bucket K=8", lambda: merger("bucket", num_buckets=8), "t3"),
+        ("T^3 naive (reference)", lambda: merger("naive"), "t3"),
+    ]
+    reference = None
+    for name, factory, method in configs:
+        m = factory()
+        warm_n = batch if name != "T^3 naive (reference)" else 2  # warm caches (grid heads, endpoint heads)
+        m.predict(warm[:warm_n], method)
+        # T^3_B re-merges for every new batch: alternate two batches so its λ_B (and merged weights) change
+        batches = iter([images, warm] * 10)
+        out, seconds, peak = timed(lambda: m.predict(next(batches), method), device)
+        if method == "t3" and "naive" in name:
+            reference = out.logits
+        rows.append({"scale": scale, "config": name, "images_per_s": batch / seconds, "seconds": seconds,
+                     "peak_mib": peak, "logits": out.logits})
+        print(f"  {scale:10s} {name:24s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
+        del m
+    for row in rows:
+        logits = row.pop("logits")
+        per_sample = row["config"].startswith("T^3 ") and "T^3_B" not in row["config"]
+        row["max_abs_dlogit_vs_naive"] = float((logits - reference).abs().max()) if per_sample else None
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", default="small,vit_b16,biomedclip")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--grid-size", type=int, default=33)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="bench_engines.json")
+    parser.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    global MEMORY_PASS
+    MEMORY_PASS = args.memory_pass
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    print(f"machine: {machine}")
+    rows = []
+    if MEMORY_PASS:
+        _exact_rss()
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        for scale in args.scales.split(","):
+            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size)
+    if MEMORY_PASS:
+        Path(args.out).write_text(json.dumps({(r["scale"] + "|" + r["config"]): r["peak_mib"] for r in rows}))
+        return
+    if args.device == "cpu":  # timings ran with the normal allocator; peaks come from a second, exact-RSS pass
+        import subprocess
+
+        print("\nmemory pass (exact RSS, one call per config):", flush=True)
+        mem_out = Path(args.out).with_suffix(".memory.json")
+        subprocess.run([sys.executable, __file__, "--memory-pass", "--scales", args.scales, "--batch", str(args.batch),
+                        "--grid-size", str(args.grid_size), "--out", str(mem_out)]
+                       + (["--threads", str(args.threads)] if args.threads else []), check=True)
+        peaks = json.loads(mem_out.read_text())
+        mem_out.unlink()
+        for r in rows:
+            r["peak_mib"] = peaks[r["scale"] + "|" + r["config"]]
+    print("\n| scale | config | images/s | × T^3_B | × naive | peak MiB | max abs Δlogit vs naive |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for scale in args.scales.split(","):
+        r = {row["config"]: row for row in rows if row["scale"] == scale}
+        tb, naive = r["T^3_B (batch engine)"]["images_per_s"], r["T^3 naive (reference)"]["images_per_s"]
+        for name, row in r.items():
+            err = row["max_abs_dlogit_vs_naive"]
+            print(f"| {scale} | {name} | {row['images_per_s']:.2f} | {row['images_per_s'] / tb:.2f} | "
+                  f"{row['images_per_s'] / naive:.1f} | {row['peak_mib']:.0f} | {'' if err is None else f'{err:.1e}'} |")
+    Path(args.out).write_text(json.dumps({"machine": machine, "batch": args.batch, "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
