@@ -20,6 +20,8 @@ _EXPORTS = {
     # datasets
     "NpzDataset": "npz", "load_npz_split": "npz", "SPLITS": "npz",
     "HFImageDataset": "hf", "load_hf_imagefolder": "hf",
+    # class splits
+    "base_novel_classes": "splits", "MIN_CLASSES_FOR_CLASS_SPLIT": "splits",
     # corruptions
     "Corruption": "corruptions", "CORRUPTIONS": "corruptions", "FAMILIES": "corruptions",
     "MEDMNISTC_PARAMS": "corruptions", "corruptions_for": "corruptions", "medmnistc_reference": "corruptions",
