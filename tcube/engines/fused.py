@@ -17,9 +17,10 @@ from .base import Engine
 from .fused_ops import (FusedConv2d, FusedEmbedding, FusedLayerNorm, FusedLayerScale, FusedLinear,
                         FusedMultiheadAttention, RowLambda, delta_or_none, per_row)
 
-# Measured on 2 CPU threads (benchmarks/bench_engines.py): forming per-row weights pays off from about
-# this many tokens per row; below it the dual form (one GEMM against [W_exp; ΔW]) is cheaper.
-CHUNKED_MIN_TOKENS = 48
+# benchmarks/bench_linear_forms.py (Linear 768→3072, batch 32, 2 CPU threads): the dual form costs ~2×
+# a plain Linear at any token count; per-row weights cost ~12× at 16 tokens, ~2.6× at 64, ~1.8× at 197.
+# Forming per-row weights pays off from about this many tokens per row (ViT-B/16 images: 197, BERT: 256).
+CHUNKED_MIN_TOKENS = 128
 CHUNK_BYTES = 64 * 2**20
 
 
