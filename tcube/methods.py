@@ -37,6 +37,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "merge_scale": 1.0,    # ties/dare: scale of the merged task vector
     "seed": 0,             # dare
     "offset": False,       # dawin: official offset adjustment
+    "calibrate_temperature": False,  # JS / DaWin entropies from temperature-scaled probabilities (fit on val)
 }
 
 # Validation grids for the calibrated variants: the paper's defaults first, so ties keep them.
@@ -103,6 +104,8 @@ class Merger:
         self.heads = TextHeads(self.engine, self.tokens, n_classes, n_templates, mode=text_heads, grid_size=grid_size)
         self._static: dict[tuple, tuple[nn.Module, torch.Tensor]] = {}
         self.calibrated: dict[str, dict[str, Any]] = {}
+        self.temperatures: tuple[float, float] | None = None
+        self.calibration_report: dict[str, float] = {}
 
     # -- the two endpoints (also the JS pass) ------------------------------------------------------
     @torch.no_grad()
@@ -118,7 +121,7 @@ class Merger:
         check_images(images)
         images = images.to(self.device)
         logits_gen, logits_exp = endpoint_logits if endpoint_logits is not None else self.endpoint_logits(images)
-        p_gen, p_exp = logits_gen.float().softmax(-1), logits_exp.float().softmax(-1)
+        p_gen, p_exp = self._probs(logits_gen, logits_exp, p["calibrate_temperature"])
         js = coef.js_divergence(p_gen, p_exp)
         batch = images.shape[0]
         used: dict[str, Any] = {}
@@ -175,20 +178,42 @@ class Merger:
             self._static[key] = (model.eval(), zero_shot_head(model, self.tokenizer, self.classnames, self.templates))
         return self._static[key]
 
+    def _probs(self, logits_gen, logits_exp, calibrated: bool):
+        t_gen, t_exp = 1.0, 1.0
+        if calibrated:
+            if self.temperatures is None:
+                raise ValueError("calibrate_temperature=True needs temperatures fitted on validation data: "
+                                 "call Merger.calibrate(val_images, val_labels) first")
+            t_gen, t_exp = self.temperatures
+        return (logits_gen.float() / t_gen).softmax(-1), (logits_exp.float() / t_exp).softmax(-1)
+
     # -- validation-tuned variants ------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> dict[str, dict]:
-        """Choose t3_cal's (γ, λ_min, λ_max) and wise_ft_cal's α by validation top-1 (first best wins)."""
+        """Fit each model's temperature, then choose t3_cal's (γ, λ_min, λ_max, τ) and wise_ft_cal's α by
+        validation top-1 (first best in grid order wins, so the paper's defaults keep ties)."""
+        from .calibration import expected_calibration_error, fit_temperature
+
         labels = labels.to(self.device)
         batches = list(zip(images.split(batch_size), labels.split(batch_size)))
         cached = [(x, y, self.endpoint_logits(x)) for x, y in batches]
+        all_gen = torch.cat([e[0] for _, _, e in cached])
+        all_exp = torch.cat([e[1] for _, _, e in cached])
+        self.temperatures = (fit_temperature(all_gen, labels), fit_temperature(all_exp, labels))
+        self.calibration_report = {}
+        for name, logits, t in (("generalist", all_gen, self.temperatures[0]), ("expert", all_exp, self.temperatures[1])):
+            self.calibration_report[f"temperature_{name}"] = t
+            self.calibration_report[f"ece_{name}_before"] = expected_calibration_error(logits.softmax(-1), labels)
+            self.calibration_report[f"ece_{name}_after"] = expected_calibration_error((logits / t).softmax(-1), labels)
+        js_val = coef.js_divergence(all_gen.softmax(-1), all_exp.softmax(-1))
+        grid = [dict(g, tau=tau) for tau in (0.0, round(float(js_val.median()), 6)) for g in T3_CAL_GRID]
 
         def accuracy(method: str, params: dict) -> float:
             hits = sum(int((self.predict(x, method, endpoint_logits=e, **params).preds == y).sum()) for x, y, e in cached)
             return hits / max(1, labels.numel())
 
         self.calibrated = {
-            "t3_cal": max(T3_CAL_GRID, key=lambda g: (accuracy("t3", g), -T3_CAL_GRID.index(g))),
+            "t3_cal": max(grid, key=lambda g: (accuracy("t3", g), -grid.index(g))),
             "wise_ft_cal": max(WISE_FT_CAL_GRID, key=lambda g: (accuracy("wise_ft", g), -WISE_FT_CAL_GRID.index(g))),
         }
         return self.calibrated

@@ -15,7 +15,9 @@ CLASSES = ["normal lungs", "pneumonia", "malignant mass"]
 
 @pytest.fixture(scope="module")
 def merger(any_pair):
-    return Merger(any_pair.generalist, any_pair.expert, any_pair.tokenizer, CLASSES)
+    m = Merger(any_pair.generalist, any_pair.expert, any_pair.tokenizer, CLASSES, text_heads="grid")
+    m.calibrate(seeded_images(6, seed=9), torch.tensor([0, 1, 2, 0, 1, 2]))
+    return m
 
 
 def plain_logits(model, tokenizer, images):
@@ -67,10 +69,7 @@ def test_wise_ft_alpha_is_weight_on_generalist(clip_pair):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_and_is_well_formed(merger, method):
-    images = seeded_images(4)
-    if method.endswith("_cal"):
-        merger.calibrate(seeded_images(6, seed=9), torch.tensor([0, 1, 2, 0, 1, 2]))
-    out = merger.predict(images, method)
+    out = merger.predict(seeded_images(4), method)
     assert out.logits.shape == (4, 3) and out.probs.shape == (4, 3) and out.preds.shape == (4,)
     assert torch.allclose(out.probs.sum(-1), torch.ones(4), atol=1e-5)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.js).all()
@@ -115,3 +114,15 @@ def test_wrong_image_shape_raises(clip_pair):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         merge_and_predict(clip_pair.generalist, clip_pair.expert, torch.zeros(2, 32, 32), CLASSES,
                           tokenizer=clip_pair.tokenizer)
+
+
+def test_temperature_calibrated_js(clip_pair):
+    m = Merger(clip_pair.generalist, clip_pair.expert, clip_pair.tokenizer, CLASSES)
+    with pytest.raises(ValueError, match="calibrate"):
+        m.predict(seeded_images(2), "t3", calibrate_temperature=True)
+    m.calibrate(seeded_images(8, seed=4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    t_gen, t_exp = m.temperatures
+    out = m.predict(seeded_images(3), "t3", calibrate_temperature=True)
+    lg, le = m.endpoint_logits(seeded_images(3))
+    assert torch.allclose(out.js, js_divergence((lg / t_gen).softmax(-1), (le / t_exp).softmax(-1)), atol=1e-6)
+    assert {"ece_generalist_before", "ece_expert_after"} <= set(m.calibration_report)
