@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tcube.plots import mce_table, save_all
+
+
+def rows():
+    out = []
+    for method, err_scale in (("generalist", 1.0), ("expert", 1.5), ("t3", 0.8)):
+        out.append(dict(protocol="in_domain", dataset="d", method=method, severity=0, corruption=None,
+                        top1=80.0, lambda_mean=0.5, js_mean=0.1))
+        for corruption in ("blur", "noise"):
+            for s in range(1, 6):
+                out.append(dict(protocol="corruption", dataset="d", method=method, severity=s, corruption=corruption,
+                                top1=100 - err_scale * 4 * s, lambda_mean=0.5 + 0.01 * s, js_mean=0.02 * s))
+    return pd.DataFrame(out)
+
+
+def test_mce_table_by_hand():
+    table = mce_table(rows())
+    assert table["generalist"] == pytest.approx(100.0)
+    assert table["expert"] == pytest.approx(150.0)  # every error is 1.5× the generalist's
+    assert table["t3"] == pytest.approx(80.0)
+
+
+def test_save_all_writes_pngs(tmp_path):
+    paths = save_all(rows(), tmp_path)
+    assert {p.name for p in paths} == {"accuracy_by_method.png", "mce_by_method.png", "lambda_vs_severity.png",
+                                       "lambda_vs_js.png"}
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
