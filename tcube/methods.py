@@ -40,6 +40,18 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "calibrate_temperature": False,  # JS / DaWin entropies from temperature-scaled probabilities (fit on val)
 }
 
+# The parameters each method reads; callers key results on these only (a γ sweep never re-keys the
+# generalist's cells).
+_T3 = ("gamma", "lambda_min", "lambda_max", "tau", "calibrate_temperature")
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "generalist": (), "expert": (), "ensemble": (), "weight_average": (),
+    "wise_ft": ("alpha",), "slerp": ("alpha",), "task_arithmetic": ("scale",),
+    "ties": ("density", "merge_scale"), "dare": ("drop", "merge_scale", "seed"),
+    "dawin": ("offset", "calibrate_temperature"), "t3": _T3, "t3_batch": _T3,
+    "t3_cal": ("calibrate_temperature",), "wise_ft_cal": (),
+}
+CALIBRATED = ("t3_cal", "wise_ft_cal")
+
 # Validation grids for the calibrated variants: the paper's defaults first, so ties keep them.
 T3_CAL_GRID = [dict(gamma=g, lambda_min=lo, lambda_max=hi) for g in (0.5, 2.0, 8.0, 32.0)
                for lo, hi in ((0.0, 1.0), (0.25, 0.75), (0.0, 0.5), (0.5, 1.0))]
@@ -142,7 +154,7 @@ class Merger:
             model, head = self._static_model(method, p)
             logits = _plain_logits(model, head, images)
             lam = constant(_static_lambda(method, p))
-            used = used or {k: p[k] for k in _STATIC_KEYS[method]}
+            used = used or {k: p[k] for k in METHOD_PARAMS[method]}
         else:
             if method == "t3_cal":
                 used = self._calibrated("t3_cal")
@@ -162,7 +174,7 @@ class Merger:
 
     # -- static merges ------------------------------------------------------------------------------
     def _static_model(self, method: str, p: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-        key = (method,) + tuple(p[k] for k in _STATIC_KEYS[method])
+        key = (method,) + tuple(p[k] for k in METHOD_PARAMS[method])
         if key not in self._static:
             gen, exp = self.generalist.state_dict(), self.expert.state_dict()
             state = {
@@ -218,16 +230,23 @@ class Merger:
         }
         return self.calibrated
 
+    def calibration_state(self) -> dict[str, Any]:
+        """What calibrate() chose, as plain data (to cache it and skip recalibrating later)."""
+        return {"calibrated": self.calibrated, "temperatures": self.temperatures,
+                "calibration_report": self.calibration_report}
+
+    def load_calibration_state(self, state: dict[str, Any]) -> None:
+        self.calibrated = dict(state.get("calibrated") or {})
+        temps = state.get("temperatures")
+        self.temperatures = None if temps is None else (float(temps[0]), float(temps[1]))
+        self.calibration_report = dict(state.get("calibration_report") or {})
+
     def _calibrated(self, method: str) -> dict[str, Any]:
         if method not in self.calibrated:
             raise ValueError(f"method '{method}' chooses its coefficients on validation data: call "
                              "Merger.calibrate(val_images, val_labels) first, or pass validation=(images, labels) "
                              "to merge_and_predict")
         return self.calibrated[method]
-
-
-_STATIC_KEYS = {"weight_average": (), "wise_ft": ("alpha",), "task_arithmetic": ("scale",),
-                "ties": ("density", "merge_scale"), "dare": ("drop", "merge_scale", "seed"), "slerp": ("alpha",)}
 
 
 def _static_lambda(method: str, p: dict[str, Any]) -> float:

@@ -1,0 +1,334 @@
+"""The evaluation harness: ``python -m tcube.eval [overrides]`` (Hydra; configs in the top-level conf/).
+
+``run(cfg, run_dir)`` does the work and is what tests and scripts call with a composed config:
+validate the config (fail fast, before any model is loaded), list the cells of the chosen
+protocols, skip those already in ``<run_dir>/results.jsonl``, evaluate the rest (appending one row
+per cell as it finishes), then rewrite ``summary.json`` and ``report.md`` atomically.
+
+The config directory is found next to the package (``Path(__file__).parents[1] / "conf"``), which
+holds for a source checkout and an editable install (``pip install -e .``); a regular (non-editable)
+install does not ship conf/, so run from a checkout or pass ``--config-dir /path/to/tcube/conf``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from .cache import LogitCache
+from .protocols import Context, EvalSet, Skip, Variant, check_engine, eval_sets, make_variant, resolve_data
+from .protocols.runner import CellRunner, PairInfo
+from .report import render_report, summarize
+from .results import RESULTS_NAME, ResultsFile, cell_key, json_safe, rows_in, write_text_atomic
+
+log = logging.getLogger("tcube.eval")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+EXIT_CONFIG_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One EvalSet × one method variant: one row of results.jsonl, identified by `key`."""
+
+    eval_set: EvalSet
+    variant: Variant
+    key: str
+    identity: dict
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    skipped: list[Skip]
+    methods: list[str]
+    primary: Any  # DataRef of the expert's dataset
+
+    def groups(self, done: set[str]) -> list[tuple[EvalSet, list[Cell]]]:
+        """Pending cells grouped by EvalSet (in plan order): images and endpoint logits are shared."""
+        out: OrderedDict[int, tuple[EvalSet, list[Cell]]] = OrderedDict()
+        for cell in self.cells:
+            if cell.key not in done:
+                out.setdefault(id(cell.eval_set), (cell.eval_set, []))[1].append(cell)
+        return list(out.values())
+
+
+# -- config -> plain settings ----------------------------------------------------------------------
+def to_settings(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The resolved config as plain Python containers; a required value left unset names its override."""
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a required key"
+        raise ValueError(f"{key} is not set: pass it on the command line, e.g. {key}=local-dir:/path/to/model "
+                         "(model=local takes your own folders)") from None
+
+
+def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
+    """A registered dataset by name, or the config's own description (name, modality, classes, ...)."""
+    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task")
+                 if data.get(k) is not None}
+    return described if len(described) > 1 else data["name"]
+
+
+def method_variants(method: dict[str, Any], references: list[str]) -> list[Variant]:
+    name = method.get("name")
+    params = {k: v for k, v in method.items() if k not in ("name", "methods")}
+    if name == "all":
+        from .methods import DEFAULT_PARAMS, METHODS
+
+        names = list(method.get("methods") or METHODS)
+        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise ValueError(f"method parameters {unknown} are unknown; known: {sorted(DEFAULT_PARAMS)}")
+    else:
+        names = [name]
+        variant = make_variant(name, params)
+        extra = sorted(set(params) - set(variant.kwargs))
+        if extra:
+            raise ValueError(f"method '{name}' takes no parameter {extra}; drop it or pick the method that uses it")
+    ordered = list(dict.fromkeys(list(references) + names))  # references first: they head every table
+    return [make_variant(n, params) for n in ordered]
+
+
+def _int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def build_plan(s: dict[str, Any]) -> Plan:
+    """Validate the settings and list every cell; loads no model (fails fast on bad overrides)."""
+    from .engines import ENGINES
+
+    for key, ok, what in (("batch_size", _int(s.get("batch_size"), 1), "a positive integer"),
+                          ("limit", s.get("limit") is None or _int(s["limit"], 1), "a positive integer or null"),
+                          ("seed", _int(s.get("seed"), 0), "a non-negative integer")):
+        if not ok:
+            raise ValueError(f"{key} must be {what}, got {s.get(key)!r} (e.g. {key}=16)")
+    engine = s["engine"]["name"]
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; choose engine=naive|batch|bucket|fused")
+    variants = method_variants(s["method"], list(s.get("references") or []))
+    check_engine(variants, engine)
+    model = s["model"]
+    for key in ("generalist", "expert"):
+        if not model.get(key):
+            raise ValueError(f"model.{key} is not set: pass model.{key}=<spec> (e.g. local-dir:/path)")
+    data = s["data"]
+    primary = resolve_data(_data_entry(data), data.get("root"), int(data.get("size", 28)))
+    ctx = Context(data=primary, options=s["protocol"], data_root=data.get("root"), size=int(data.get("size", 28)),
+                  has_expert_base=bool(model.get("expert_base")))
+    sets, skipped = eval_sets(s["protocol"]["name"], ctx)
+    cells = []
+    for es in sets:
+        for v in variants:
+            ident = cell_identity(es, v, s)
+            cells.append(Cell(es, v, cell_key(ident), ident))
+    return Plan(cells, skipped, [v.method for v in variants], primary)
+
+
+def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a cell's result (its key hashes this)."""
+    model, engine = s["model"], s["engine"]
+    specs = (model["generalist"], model[es.expert])
+    ident = {**es.describe(), "method": v.method, "config_params": v.kwargs, "engine": engine["name"],
+             "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"}, "seed": s["seed"],
+             "limit": s.get("limit"), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
+    if any(str(x).startswith("zoo:") for x in specs):
+        ident["zoo_profile"] = model.get("zoo_profile", "default")
+    if v.needs_calibration:
+        ident["calibration"] = s.get("calibration", "own")
+    return ident
+
+
+# -- models ----------------------------------------------------------------------------------------
+def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
+    """`zoo:NAME` -> the zoo's local-dir folder (tcube.zoo, imported only then); other specs unchanged."""
+    if not str(spec).startswith("zoo:"):
+        return spec
+    try:
+        from tcube.zoo import resolve_spec
+    except ImportError as err:
+        raise ValueError(f"model spec '{spec}' needs tcube.zoo, which is not available ({err}); use "
+                         "model=local model.generalist=local-dir:/path model.expert=local-dir:/path") from None
+    return resolve_spec(spec, profile=s["model"].get("zoo_profile", "default"), seed=s["seed"], data_root=data_root)
+
+
+def pair_loader(s: dict[str, Any], data_root: str, device: str) -> Callable[[str], PairInfo]:
+    """role ("expert" | "expert_base") -> the loaded (generalist, role) pair, loaded once, on first use."""
+    from .cache import model_fingerprint
+    from .models import load_pair
+
+    loaded: dict[str, PairInfo] = {}
+
+    def get(role: str) -> PairInfo:
+        if role not in loaded:
+            specs = (s["model"]["generalist"], s["model"][role])
+            resolved = [resolve_model_spec(x, s, data_root) for x in specs]
+            pair = load_pair(*resolved, device=device)
+            loaded[role] = PairInfo(pair, specs, (model_fingerprint(pair.generalist), model_fingerprint(pair.expert)))
+            log.info("loaded %s pair %s (fingerprints %s)", role, specs, loaded[role].fingerprints)
+        return loaded[role]
+
+    return get
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate every pending cell of `cfg` into `run_dir` (default: Hydra's output dir); returns the summary."""
+    from .loggers import make_logger
+
+    s = to_settings(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    plan = build_plan(s)
+    for skip in plan.skipped:
+        log.warning("skipping %s %s: %s", skip.protocol, skip.what, skip.reason)
+    results = ResultsFile(run_dir / RESULTS_NAME)
+    results.repair()
+    groups = plan.groups(results.keys())
+    pending = sum(len(cells) for _, cells in groups)
+    log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
+             results.path, pending)
+    logger = make_logger(s.get("logger") or {"name": "none"}, run_dir, s)
+    try:
+        if groups:
+            evaluate(groups, plan, s, results, logger)
+        rows = rows_in(results.rows(), [c.key for c in plan.cells])
+        summary = write_outputs(rows, plan, s, run_dir, pending)
+        logger.log_summary(summary, rows)
+    finally:
+        logger.finish()
+    return summary
+
+
+def evaluate(groups: list[tuple[EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
+             logger) -> None:
+    """Compute the pending cells, appending each row as soon as it exists (a kill loses one cell at most)."""
+    from tqdm import tqdm
+
+    engine = s["engine"]
+    cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
+    runner = CellRunner(
+        pair_loader(s, str(plan.primary.path.parent), _device(s.get("device", "auto"))), cache=cache,
+        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
+        text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
+        batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
+        primary=plan.primary, progress=bool(s.get("progress", True)))
+    with tqdm(total=sum(len(c) for _, c in groups), desc="cells", disable=not s.get("progress", True)) as bar:
+        for es, cells in groups:
+            by_variant = {c.variant: c for c in cells}
+            for variant, metrics in runner.run(es, [c.variant for c in cells]):
+                cell = by_variant[variant]
+                row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                results.append(row)
+                logger.log_row(row)
+                bar.update()
+    log.info("endpoint logits: %d cache hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
+
+
+def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path, computed: int) -> dict[str, Any]:
+    """summary.json and report.md (each replaced atomically), then the figures."""
+    summary = summarize(rows, plan.methods)
+    summary.update(skipped=[dataclasses.asdict(k) for k in plan.skipped],
+                   cells={"planned": len(plan.cells), "computed": computed, "resumed": len(plan.cells) - computed,
+                          "rows": len(rows)},
+                   config=s, run_dir=str(run_dir))
+    meta = {"generalist": s["model"]["generalist"], "expert": s["model"]["expert"],
+            "expert_base": s["model"].get("expert_base"), "data": plan.primary.name,
+            "protocol": s["protocol"]["name"], "engine": s["engine"]["name"], "seed": s["seed"],
+            "limit": s.get("limit"), "cells": len(rows)}
+    write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
+    write_text_atomic(run_dir / "report.md", render_report(summary, rows, meta))
+    if s.get("plots", True) and rows:
+        write_plots(rows, run_dir)
+    return summary
+
+
+def write_plots(rows: list[dict], run_dir: Path) -> None:
+    """Figures are a convenience: a failure is logged, never fatal (the results are already on disk)."""
+    try:
+        import pandas as pd
+
+        from .plots import save_all
+
+        written = save_all(pd.DataFrame.from_records(rows), run_dir)
+        log.info("wrote %d figures to %s", len(written), run_dir)
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not draw the figures (%s: %s); results.jsonl, summary.json and report.md are complete",
+                    type(err).__name__, err)
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def cli(cfg: DictConfig) -> None:
+    """Run, turning our own configuration and data errors into one message and exit code 2."""
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TCUBE_DEBUG") == "1":
+            raise
+        print(f"tcube.eval: error: {err}", file=sys.stderr)
+        print("(set TCUBE_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli(cfg)
+
+
+GROUPS = ("model", "data", "method", "engine", "protocol", "logger")
+
+
+def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """`method=foo` with no conf/method/foo.yaml: our message (and exit code 2) instead of Hydra's traceback."""
+    for arg in argv:
+        group, eq, values = arg.lstrip("+").partition("=")
+        if not eq or group not in GROUPS or not (conf_dir / group).is_dir():
+            continue
+        known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        for value in values.split(","):  # a multirun sweep lists several
+            if value and value not in known:
+                raise ValueError(f"unknown {group} '{value}': choose {group}=" + "|".join(known)
+                                 + f" (configs in {conf_dir / group}; add a YAML file there for a new one)")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not (CONF_DIR / "config.yaml").is_file():
+        if not any(a.startswith(("--config-dir", "-cd")) for a in argv):
+            sys.exit(f"tcube.eval: error: no configs at {CONF_DIR}. conf/ lives in the source tree: install "
+                     "tcube with `pip install -e .` from a checkout, or pass --config-dir /path/to/tcube/conf")
+    else:
+        try:
+            check_group_overrides(argv)
+        except ValueError as err:
+            print(f"tcube.eval: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

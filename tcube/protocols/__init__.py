@@ -1,0 +1,35 @@
+"""Evaluation protocols (in_domain, base_to_novel, corruption) and the shared cell runner."""
+from __future__ import annotations
+
+from . import base_to_novel, corruption, in_domain
+from .base import (CALIBRATED, METHOD_PARAMS, PROTOCOL_NAMES, Context, DataRef, EvalSet, Skip, Variant,
+                   check_engine, make_variant, resolve_data, spec_from_config)
+
+PROTOCOLS = {m.NAME: m.eval_sets for m in (in_domain, base_to_novel, corruption)}
+
+
+def protocol_names(name: str, options) -> list[str]:
+    """`all` expands to its `protocols` list (default: all three)."""
+    if name == "all":
+        names = list(options.get("protocols") or PROTOCOL_NAMES)
+    else:
+        names = [name]
+    bad = [n for n in names if n not in PROTOCOLS]
+    if bad:
+        raise ValueError(f"unknown protocol {bad}; choose protocol=in_domain|base_to_novel|corruption|all")
+    return names
+
+
+def eval_sets(name: str, ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
+    """Every EvalSet of protocol `name` (or of each protocol of `all`), plus what was skipped and why."""
+    sets, skips = [], []
+    for n in protocol_names(name, ctx.options):
+        s, k = PROTOCOLS[n](ctx)
+        sets += s
+        skips += k
+    return sets, skips
+
+
+__all__ = ["CALIBRATED", "METHOD_PARAMS", "PROTOCOLS", "PROTOCOL_NAMES", "Context", "DataRef", "EvalSet", "Skip",
+           "Variant", "check_engine", "eval_sets", "make_variant", "protocol_names", "resolve_data",
+           "spec_from_config"]

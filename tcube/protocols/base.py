@@ -1,0 +1,142 @@
+"""What a protocol produces: evaluation sets (one data view each) and the method variants to score on them.
+
+An `EvalSet` is one view of one dataset (split, class subset, corruption and severity) scored with
+one generalist/expert pair; a *cell* is an EvalSet × one method variant and becomes one row of
+results.jsonl. Protocol modules only list EvalSets; runner.py evaluates them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..data.files import find_npz
+from ..data.registry import DatasetSpec, dataset_spec_from_config, get_dataset_spec, prompts_for
+from ..methods import CALIBRATED, METHOD_PARAMS, METHODS, PER_SAMPLE, check_params
+
+PROTOCOL_NAMES = ("in_domain", "base_to_novel", "corruption")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method with the parameters it reads."""
+
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method in CALIBRATED or bool(self.kwargs.get("calibrate_temperature", False))
+
+
+def make_variant(method: str, params: Mapping[str, Any]) -> Variant:
+    """Keep the parameters `method` reads and validate them (λ_min ≤ λ_max, …) with tcube.methods."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of {list(METHODS)} or `all` "
+                         "(e.g. method=t3 or method.name=t3)")
+    kept = {k: params[k] for k in METHOD_PARAMS.get(method, ()) if k in params}
+    check_params(method, kept)
+    return Variant(method, tuple(sorted(kept.items())))
+
+
+def check_engine(variants: Sequence[Variant], engine: str) -> None:
+    per_sample = [v.method for v in variants if v.method in PER_SAMPLE]
+    if engine == "batch" and per_sample:
+        raise ValueError(f"engine 'batch' merges one model per batch, but {per_sample} need one λ per sample; "
+                         "use engine=fused (exact) or engine=bucket (approximate), or a method list without them "
+                         "(method.methods=[...]; t3_batch runs on engine=batch)")
+
+
+@dataclass(frozen=True, eq=False)  # identity semantics: specs hold unhashable mappings
+class DataRef:
+    """A dataset spec and the npz file holding it."""
+
+    spec: DatasetSpec
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def prompts(self, classes: Sequence[int] | None = None) -> tuple[list[str], list[str]]:
+        """(class descriptions of the label space, templates)."""
+        descriptions, templates = prompts_for(self.spec)
+        keep = range(len(descriptions)) if classes is None else classes
+        return [descriptions[i] for i in keep], list(templates)
+
+
+def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
+    """A registered dataset by name, or one described by a mapping (name, modality, classes, ...)."""
+    if isinstance(entry, str):
+        return get_dataset_spec(entry)
+    entry = dict(entry)
+    if not entry.get("classes"):  # a registered dataset, optionally with other prompts
+        spec = get_dataset_spec(entry["name"])
+        if entry.get("templates") or entry.get("descriptions"):
+            spec = dataset_spec_from_config(spec.name, spec.modality, spec.classes,
+                                            templates=entry.get("templates") or spec.templates,
+                                            descriptions=entry.get("descriptions") or spec.descriptions,
+                                            task=spec.task)
+        return spec
+    return dataset_spec_from_config(name=entry["name"], modality=entry.get("modality") or "",
+                                    classes=list(entry["classes"]), templates=entry.get("templates"),
+                                    descriptions=entry.get("descriptions"),
+                                    task=entry.get("task") or "multi-class")
+
+
+def resolve_data(entry: str | Mapping[str, Any], root: str | Path | None, size: int = 28) -> DataRef:
+    """Spec + located (MD5-checked) npz file; raises FileNotFoundError naming the fix when absent."""
+    spec = spec_from_config(entry)
+    spec.require_single_label()
+    return DataRef(spec, find_npz(spec.name, root=root, size=size))
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """One data view scored by one pair: `classes` is the label space (original indices; None = all)."""
+
+    protocol: str
+    data: DataRef
+    subset: str = "all"
+    classes: tuple[int, ...] | None = None
+    corruption: str | None = None
+    severity: int = 0
+    split: str | None = None      # base_to_novel: modality | class
+    role: str | None = None       # base_to_novel: base | novel
+    expert: str = "expert"        # the model.* key naming this set's expert (expert | expert_base)
+
+    def describe(self) -> dict[str, Any]:
+        """The row fields that say which view this is."""
+        return {"protocol": self.protocol, "split": self.split, "role": self.role,
+                "modality": self.data.spec.modality.name, "dataset": self.data.name, "subset": self.subset,
+                "corruption": self.corruption, "severity": self.severity}
+
+    def prompt_hash(self) -> str:
+        descriptions, templates = self.data.prompts(self.classes)
+        return hashlib.sha256(json.dumps([descriptions, templates]).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A part of a protocol that could not run here, and why (logged and written to summary.json)."""
+
+    protocol: str
+    what: str
+    reason: str
+
+
+@dataclass
+class Context:
+    """What protocols need to list their evaluation sets."""
+
+    data: DataRef                          # the expert's dataset
+    options: Mapping[str, Any]             # the protocol config
+    data_root: str | Path | None
+    size: int = 28
+    has_expert_base: bool = False

@@ -1,0 +1,41 @@
+"""corruption: MedMNIST-C corruptions × severities of the expert's test set, plus the clean set.
+
+Each corruption is applied to the uint8 image at its native size before the model's preprocessing,
+with the dataset's own MedMNIST-C parameters, deterministically per (seed, image index).
+"""
+from __future__ import annotations
+
+from ..data.corruptions import N_SEVERITIES, corruptions_for
+from .base import Context, EvalSet, Skip
+
+NAME = "corruption"
+
+
+def corruption_list(ctx: Context) -> list[str]:
+    available = corruptions_for(ctx.data.spec)
+    chosen = ctx.options.get("corruptions")
+    if chosen is None:
+        return available
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    bad = [c for c in chosen if c not in available]
+    if bad or not chosen:
+        raise ValueError(f"protocol.corruptions {bad or chosen} do not apply to {ctx.data.name}; MedMNIST-C's "
+                         f"list for it is {available} (or protocol.corruptions=null for all)")
+    return chosen
+
+
+def severity_list(ctx: Context) -> list[int]:
+    severities = ctx.options.get("severities") or list(range(1, N_SEVERITIES + 1))
+    severities = [severities] if isinstance(severities, int) else list(severities)
+    if any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= N_SEVERITIES for s in severities):
+        raise ValueError(f"protocol.severities must be integers in 1..{N_SEVERITIES}, got {severities} "
+                         "(e.g. protocol.severities=[1,3,5])")
+    return sorted(set(severities))
+
+
+def eval_sets(ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
+    sets = [EvalSet(NAME, ctx.data)]  # clean: corruption None, severity 0
+    severities = severity_list(ctx)
+    for name in corruption_list(ctx):
+        sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s) for s in severities]
+    return sets, []

@@ -1,0 +1,237 @@
+"""The shared cell runner: score every method variant on one EvalSet.
+
+Per EvalSet: select the images (class subset, seeded `limit` subset), corrupt them at native size,
+preprocess with the pair's open_clip transform, get the two endpoints' logits (from the cache, or
+one pass of each model, then cached), calibrate if a variant needs it (cached too), and run each
+variant's merged pass with `Merger.predict(..., endpoint_logits=(g, e))` batch by batch.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .. import methods as methods_module
+from ..cache import LogitCache, cache_key
+from ..data.corruptions import corrupt
+from ..data.files import file_md5
+from ..data.npz import NpzDataset
+from ..methods import Merger
+from ..metrics import balanced_accuracy, top1
+from ..models.loading import ModelPair
+from .base import DataRef, EvalSet, Variant
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class PairInfo:
+    """A loaded pair, the specs that named it and its weights' fingerprints."""
+
+    pair: ModelPair
+    specs: tuple[str, str]
+    fingerprints: tuple[str, str]
+
+
+def select_indices(labels: np.ndarray, classes: Sequence[int] | None, limit: int | None, seed: int) -> np.ndarray:
+    """Indices (sorted) of the samples in `classes`, at most `limit` of them chosen with `seed`."""
+    idx = np.arange(len(labels)) if classes is None else np.flatnonzero(np.isin(labels, list(classes)))
+    if limit is not None and len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(limit), replace=False))
+    return idx
+
+
+def _calibration_fingerprint() -> str:
+    """Calibration choices depend on tcube's grids and search code: hash them into the cache key."""
+    try:
+        source = inspect.getsource(Merger.calibrate)
+    except (OSError, TypeError):
+        source = ""
+    grids = [getattr(methods_module, n, None) for n in ("T3_CAL_GRID", "WISE_FT_CAL_GRID")]
+    return cache_key({"source": source, "grids": grids})
+
+
+class CellRunner:
+    """Evaluates EvalSets; one instance per run (it keeps loaded arrays and a few Mergers)."""
+
+    def __init__(self, pairs: Callable[[str], PairInfo], *, cache: LogitCache, engine: str,
+                 engine_options: dict[str, Any] | None = None, text_heads: str = "exact", grid_size: int = 33,
+                 batch_size: int = 64, limit: int | None = None, seed: int = 0, calibration: str = "own",
+                 primary: DataRef | None = None, progress: bool = True, max_mergers: int = 2):
+        if calibration not in ("own", "expert"):
+            raise ValueError(f"calibration must be 'own' or 'expert', got {calibration!r}")
+        self.pairs, self.cache = pairs, cache
+        self.engine, self.engine_options = engine, dict(engine_options or {})
+        self.text_heads, self.grid_size = text_heads, grid_size
+        self.batch_size, self.limit, self.seed = int(batch_size), limit, int(seed)
+        self.calibration, self.primary, self.progress = calibration, primary, progress
+        self._arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._mergers: OrderedDict[tuple, tuple[Merger, set]] = OrderedDict()
+        self._max_mergers = max_mergers
+
+    # -- data -------------------------------------------------------------------------------------
+    def _split_arrays(self, data: DataRef, split: str) -> tuple[np.ndarray, np.ndarray]:
+        key = (str(data.path), split)
+        if key not in self._arrays:
+            ds = NpzDataset(data.path, split)
+            self._arrays[key] = (ds.images, ds.labels)
+        return self._arrays[key]
+
+    def load_view(self, data: DataRef, split: str, classes: Sequence[int] | None, preprocess: Callable,
+                  corruption: str | None = None, severity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images [N, 3, H, W] and labels in the label space of `classes`."""
+        images, labels = self._split_arrays(data, split)
+        idx = select_indices(labels, classes, self.limit, self.seed)
+        if len(idx) == 0:
+            raise ValueError(f"{data.name} {split}: no images of classes {classes}")
+        n_classes = data.spec.num_classes
+        if labels.max(initial=0) >= n_classes:
+            raise ValueError(f"{data.path} has label {labels.max()} but {data.name} lists {n_classes} classes "
+                             "(data.classes); give one class name per label")
+        lut = {c: i for i, c in enumerate(classes)} if classes is not None else None
+        out = []
+        for i in idx:
+            img = images[i]
+            if corruption is not None:  # native size, before preprocessing; seeded by the image's own index
+                img = corrupt(img, corruption, severity, seed=self.seed, index=int(i), dataset=data.spec)
+            out.append(preprocess(Image.fromarray(img).convert("RGB")))
+        y = labels[idx] if lut is None else np.array([lut[int(v)] for v in labels[idx]])
+        return torch.stack(out), torch.as_tensor(y, dtype=torch.long)
+
+    # -- models -----------------------------------------------------------------------------------
+    def _merger(self, role: str, info: PairInfo, data: DataRef, classes) -> tuple[Merger, set]:
+        descriptions, templates = data.prompts(classes)
+        key = (role, data.name, tuple(descriptions), tuple(templates))
+        if key in self._mergers:
+            self._mergers.move_to_end(key)
+            return self._mergers[key]
+        p = info.pair
+        merger = Merger(p.generalist, p.expert, p.tokenizer, descriptions, templates, engine=self.engine,
+                        text_heads=self.text_heads, grid_size=self.grid_size, engine_options=self.engine_options)
+        self._mergers[key] = (merger, set())  # the set remembers which calibration state is loaded
+        while len(self._mergers) > self._max_mergers:
+            self._mergers.popitem(last=False)
+        return self._mergers[key]
+
+    def _view_fields(self, info: PairInfo, data: DataRef, split: str, classes, corruption, severity) -> dict:
+        descriptions, templates = data.prompts(classes)
+        return {"kind": "endpoint_logits", "generalist": info.fingerprints[0], "expert": info.fingerprints[1],
+                "dataset": data.name, "file_md5": file_md5(data.path), "split": split,
+                "classes": list(classes) if classes is not None else None, "corruption": corruption,
+                "severity": severity, "descriptions": descriptions, "templates": templates, "limit": self.limit,
+                "seed": self.seed, "preprocess": repr(info.pair.preprocess)}
+
+    @torch.no_grad()
+    def _endpoints(self, merger: Merger, images: torch.Tensor, fields: dict):
+        """(generalist logits, expert logits, seconds spent computing them, cache hit?) on CPU."""
+        key = cache_key(fields)
+        hit = self.cache.load_logits(key)
+        if hit is not None and hit[0].shape[0] == images.shape[0]:
+            return hit[0], hit[1], 0.0, True
+        start = time.perf_counter()
+        gen, exp = [], []
+        for x in tqdm(images.split(self.batch_size), desc="endpoints", leave=False, disable=not self.progress):
+            g, e = merger.endpoint_logits(x)
+            gen.append(g.float().cpu())
+            exp.append(e.float().cpu())
+        gen, exp = torch.cat(gen), torch.cat(exp)
+        seconds = time.perf_counter() - start
+        self.cache.save_logits(key, gen, exp, fields)
+        return gen, exp, seconds, False
+
+    def _calibrate(self, es: EvalSet, info: PairInfo, merger: Merger, loaded: set) -> dict[str, Any]:
+        """Load (or compute and cache) the validation-chosen state into `merger`; never touches test data."""
+        data, classes = es.data, es.classes
+        if self.calibration == "expert" and self.primary is not None:
+            data = self.primary
+            if es.expert == "expert_base":  # the base-class expert knows the base classes only
+                from ..data.splits import base_novel_classes
+
+                classes = tuple(base_novel_classes(data.spec.num_classes)[0])
+            elif data.name != es.data.name:
+                classes = None
+        fields = {**self._view_fields(info, data, "val", classes, None, 0), "kind": "calibration",
+                  "engine": self.engine, "engine_options": self.engine_options, "text_heads": self.text_heads,
+                  "grid_size": self.grid_size, "code": _calibration_fingerprint()}
+        key = cache_key(fields)
+        if key in loaded:
+            return fields
+        state = self.cache.load_json(key)
+        if state is None:
+            images, labels = self.load_view(data, "val", classes, info.pair.preprocess)
+            same_space = data.name == es.data.name and classes == es.classes
+            source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
+            source.calibrate(images, labels, batch_size=self.batch_size)
+            state = source.calibration_state()
+            self.cache.save_json(key, _jsonable(state), fields)
+        merger.load_calibration_state(state)
+        loaded.clear()
+        loaded.add(key)
+        return fields
+
+    # -- the cells --------------------------------------------------------------------------------
+    def run(self, es: EvalSet, variants: Sequence[Variant]) -> Iterator[tuple[Variant, dict[str, Any]]]:
+        """Yield (variant, metrics) for each variant on `es`, as each finishes."""
+        info = self.pairs(es.expert)
+        merger, loaded = self._merger(es.expert, info, es.data, es.classes)
+        images, labels = self.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
+                                        es.severity)
+        fields = self._view_fields(info, es.data, "test", es.classes, es.corruption, es.severity)
+        gen, exp, endpoint_seconds, cache_hit = self._endpoints(merger, images, fields)
+        n_classes = gen.shape[1]
+        calibration = None
+        for variant in variants:
+            if variant.needs_calibration:
+                calibration = self._calibrate(es, info, merger, loaded)
+            start = time.perf_counter()
+            preds, lams, jss, used = [], [], [], {}
+            batches = zip(images.split(self.batch_size), gen.split(self.batch_size), exp.split(self.batch_size))
+            for x, g, e in tqdm(batches, desc=variant.method, leave=False, disable=not self.progress,
+                                total=-(-len(images) // self.batch_size)):
+                out = merger.predict(x, variant.method, endpoint_logits=(g.to(merger.device), e.to(merger.device)),
+                                     **variant.kwargs)
+                preds.append(out.preds.cpu())
+                lams.append(out.lambdas.float().cpu())
+                jss.append(out.js.float().cpu())
+                used = out.params
+            seconds = time.perf_counter() - start
+            preds, lam, js = torch.cat(preds), torch.cat(lams), torch.cat(jss)
+            finite = lam[torch.isfinite(lam)]
+            metrics = {
+                "n": int(labels.numel()), "num_classes": int(n_classes),
+                "top1": top1(preds, labels), "balanced_acc": balanced_accuracy(preds, labels, n_classes),
+                "lambda_mean": float(finite.mean()) if finite.numel() else None,
+                "lambda_std": float(finite.std(unbiased=False)) if finite.numel() else None,
+                "js_mean": float(js.mean()),
+                "seconds": seconds, "endpoint_seconds": endpoint_seconds,
+                "cached_endpoints": cache_hit,
+                "params": _jsonable(used),
+                "calibration": ({"dataset": calibration["dataset"], "split": "val", "classes": calibration["classes"],
+                                 **{k: _jsonable(getattr(merger, k)) for k in ("temperatures",)
+                                    if getattr(merger, k, None) is not None}}
+                                if variant.needs_calibration else None),
+                "fingerprints": list(info.fingerprints),
+                "correct": "".join("1" if c else "0" for c in (preds == labels).tolist()),
+            }
+            yield variant, metrics
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
