@@ -136,7 +136,7 @@ def _trim() -> None:
 MEMORY_PASS = False  # set by --memory-pass: one call per config, RSS made exact (slower allocations)
 
 
-def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 5):
+def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     """Median seconds of repeated calls (at least one, more while under min_seconds), and peak memory."""
     times = []
     with PeakMemory(device) as mem:
@@ -156,8 +156,9 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int) 
     gen, exp, tokenizer, size = make_pair(scale, tmp)
     gen, exp = gen.to(device), exp.to(device)
     g = torch.Generator().manual_seed(1)
-    warm = torch.randn(batch, 3, size, size, generator=g).to(device)
-    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    # a fresh batch for every timed call: new λ values, so no engine may reuse merged weights or heads
+    fresh = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(7)]
+    warm, images = fresh[0], fresh[1]
     rows = []
 
     def merger(engine, heads="exact", **options):
@@ -181,8 +182,7 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int) 
         m = factory()
         warm_n = batch if name != "T^3 naive (reference)" else 2  # warm caches (grid heads, endpoint heads)
         m.predict(warm[:warm_n], method)
-        # T^3_B re-merges for every new batch: alternate two batches so its λ_B (and merged weights) change
-        batches = iter([images, warm] * 10)
+        batches = iter(fresh[1:])
         out, seconds, peak = timed(lambda: m.predict(next(batches), method), device)
         if method == "t3" and "naive" in name:
             reference = out.logits

@@ -17,17 +17,20 @@ from .base import Engine
 from .fused_ops import (FusedConv2d, FusedEmbedding, FusedLayerNorm, FusedLayerScale, FusedLinear,
                         FusedMultiheadAttention, RowLambda, delta_or_none, per_row)
 
-# benchmarks/bench_linear_forms.py (Linear 768→3072, batch 32, 2 CPU threads): the dual form costs ~2×
-# a plain Linear at any token count; per-row weights cost ~12× at 16 tokens, ~2.6× at 64, ~1.8× at 197.
-# Forming per-row weights pays off from about this many tokens per row (ViT-B/16 images: 197, BERT: 256).
-CHUNKED_MIN_TOKENS = 128
+# When per-row weights beat the dual form, from benchmarks/bench_linear_forms.py (batch 32, 2 CPU threads):
+# a weight that stays in cache (128→512, 256 KiB) is cheap to form per row: chunked 1.6× vs dual 2.3× a
+# plain Linear at 65 tokens. A large one (768→3072, 9 MiB) is memory-bound to form: dual wins up to
+# ~128 tokens (2.5× vs 2.9×), chunked wins at ViT-B/16's 197 (2.2× vs 2.6×).
+CACHE_RESIDENT_BYTES = 2**20
+CHUNKED_MIN_TOKENS_SMALL = 48   # weights ≤ CACHE_RESIDENT_BYTES
+CHUNKED_MIN_TOKENS_LARGE = 160  # larger weights
 CHUNK_BYTES = 64 * 2**20
 
 
 class FusedCLIP(nn.Module):
     """A merged open_clip model whose every row r runs with θ_r = θ_exp + λ_r·(θ_gen − θ_exp)."""
 
-    def __init__(self, generalist: nn.Module, expert: nn.Module, *, chunked_min_tokens: int = CHUNKED_MIN_TOKENS,
+    def __init__(self, generalist: nn.Module, expert: nn.Module, *, chunked_min_tokens: int | None = None,
                  chunk_bytes: int = CHUNK_BYTES):
         super().__init__()
         self.rows = RowLambda()

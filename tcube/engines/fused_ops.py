@@ -60,7 +60,8 @@ class FusedLinear(nn.Module):
     write per row). Chunked wins once a row has enough tokens to amortize that write.
     """
 
-    def __init__(self, w_exp, b_exp, w_gen, b_gen, rows: RowLambda, *, chunked_min_tokens: int, chunk_bytes: int):
+    def __init__(self, w_exp, b_exp, w_gen, b_gen, rows: RowLambda, *, chunked_min_tokens: int | None = None,
+                 chunk_bytes: int = 64 * 2**20):
         super().__init__()
         self.rows = rows
         self.out_features, self.in_features = w_exp.shape
@@ -70,6 +71,11 @@ class FusedLinear(nn.Module):
         self.register_buffer("weight", weight)  # rows [:out] = W_exp, rows [out:] = ΔW
         self.register_buffer("bias", None if b_exp is None else b_exp.detach().clone())
         self.register_buffer("delta_bias", db)
+        if chunked_min_tokens is None:  # measured rule: see tcube.engines.fused
+            from .fused import CACHE_RESIDENT_BYTES, CHUNKED_MIN_TOKENS_LARGE, CHUNKED_MIN_TOKENS_SMALL
+
+            small = w_exp.numel() * w_exp.element_size() <= CACHE_RESIDENT_BYTES
+            chunked_min_tokens = CHUNKED_MIN_TOKENS_SMALL if small else CHUNKED_MIN_TOKENS_LARGE
         self.chunked_min_tokens = chunked_min_tokens
         self.chunk_bytes = chunk_bytes
 
