@@ -1,0 +1,123 @@
+"""The zoo's training data: which datasets exist, and their splits as preprocessed uint8 tensors.
+
+Images go through the model's own evaluation preprocess (PIL resize 28 → 32 px, bicubic) once and
+are kept as uint8 [N, 3, 32, 32]: training then adds augmentation and normalization on whole
+batches in torch, and what the zoo trains on is exactly what `load_pair(...).preprocess` serves.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")
+
+
+def zoo_datasets() -> tuple[str, ...]:
+    """The datasets the zoo knows: the four modalities with data here (the registry's short names)."""
+    from tcube.data import ALIASES
+
+    return tuple(dict.fromkeys(ALIASES.values()))
+
+
+def canonical_dataset(name: str) -> str:
+    """Registry name of a zoo dataset (aliases accepted); ValueError for anything else."""
+    from tcube.data import get_dataset_spec
+
+    try:
+        canon = get_dataset_spec(name).name
+    except ValueError:
+        canon = None
+    if canon not in zoo_datasets():
+        raise ValueError(f"{name!r} is not a zoo dataset; the zoo trains on {list(zoo_datasets())}")
+    return canon
+
+
+def available_datasets(root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Zoo datasets whose npz file is present (nothing is downloaded to answer this)."""
+    from tcube.data import npz_filename, resolve_data_root
+
+    dirs = [resolve_data_root(root)]
+    if root is None or str(root) == "":
+        dirs.append(DEFAULT_MEDMNIST_ROOT.expanduser())  # find_npz's own fallback folder
+    return tuple(d for d in zoo_datasets() if any((p / npz_filename(d)).is_file() for p in dirs))
+
+
+def dataset_file(name: str, root: str | os.PathLike | None = None) -> Path:
+    """MD5-checked npz path; the data layer's FileNotFoundError (naming the fix) when missing."""
+    from tcube.data import find_npz
+
+    return find_npz(name, root=root)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of one dataset, restricted to some classes, ready for training or scoring."""
+
+    dataset: str
+    split: str
+    images: torch.Tensor            # uint8 [N, 3, H, W], preprocessed except for normalization
+    labels: torch.Tensor            # int64 [N], indices into `descriptions`
+    classes: tuple[int, ...]        # original label of each kept class (index = new label)
+    descriptions: tuple[str, ...]   # class descriptions for the prompts, one per kept class
+    templates: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def captions(self) -> list[str]:
+        """Class-major captions: captions[c * T + t] = templates[t].format(descriptions[c])."""
+        return [t.format(d) for d in self.descriptions for t in self.templates]
+
+
+def load_split(name: str, split: str, *, root: str | os.PathLike | None = None,
+               preprocess_cfg: dict[str, Any], classes: Sequence[int] | None = None) -> Split:
+    """`split` of dataset `name`, keeping only `classes` (original labels; None = all)."""
+    from tcube.data import get_dataset_spec, prompts_for
+
+    spec = get_dataset_spec(name)
+    path = dataset_file(spec.name, root)
+    images, labels = _preprocessed(str(path), split, json.dumps(preprocess_cfg, sort_keys=True))
+    descriptions, templates = prompts_for(spec)
+    keep = tuple(range(spec.num_classes)) if classes is None else tuple(int(c) for c in classes)
+    if classes is not None:
+        mask = torch.isin(labels, torch.tensor(keep))
+        lut = torch.full((spec.num_classes,), -1, dtype=torch.long)
+        lut[list(keep)] = torch.arange(len(keep))
+        images, labels = images[mask], lut[labels[mask]]
+    return Split(spec.name, split, images, labels, keep, tuple(descriptions[c] for c in keep), tuple(templates))
+
+
+@lru_cache(maxsize=32)
+def _preprocessed(path: str, split: str, preprocess_json: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [N,3,H,W], labels [N]) through the eval preprocess, minus its normalization."""
+    from PIL import Image
+
+    from tcube.data import load_npz_split
+    from tcube.models import preprocess_from_cfg
+
+    cfg = json.loads(preprocess_json)
+    preprocess = preprocess_from_cfg(cfg)
+    raw, labels = load_npz_split(path, split)
+    x = torch.stack([preprocess(Image.fromarray(a).convert("RGB")) for a in raw])
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    pixels = (x * std + mean) * 255.0  # undo Normalize: back to the 0..255 grid ToTensor divided
+    rounded = pixels.round()
+    if (pixels - rounded).abs().max() > 0.05:
+        raise ValueError(f"preprocess {cfg} does not end in ToTensor + Normalize; the zoo cannot cache it as uint8")
+    return rounded.clamp(0, 255).to(torch.uint8), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def normalize(pixels: torch.Tensor, preprocess_cfg: dict[str, Any]) -> torch.Tensor:
+    """Float pixels in [0, 1] → the model's normalized input."""
+    mean = torch.tensor(preprocess_cfg["mean"], dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg["std"], dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean) / std

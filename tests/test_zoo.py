@@ -1,0 +1,200 @@
+"""tcube.zoo: naming, storage and the real-data smoke zoo (tiny step counts, real MedMNIST files)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tcube.zoo import model_names, read_manifest, resolve_spec, zoo_dir
+from tcube.zoo import build, store
+from tcube.zoo.recipe import Augment, get_recipe
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("TCUBE_DATA_DIR", "").strip()
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/medmnist"
+
+
+DATA = _data_dir()
+ZOO_FILES = ("retinamnist", "pneumoniamnist", "breastmnist", "ph2")
+needs_data = pytest.mark.skipif(
+    not all((DATA / f"{d}.npz").is_file() for d in ZOO_FILES),
+    reason=f"real MedMNIST files not found in {DATA}: set TCUBE_DATA_DIR to the folder with "
+           f"{', '.join(d + '.npz' for d in ZOO_FILES)} (../shared/data/medmnist)")
+
+
+# ---------------------------------------------------------------------------------- no data needed
+
+def test_names_and_specs(monkeypatch, tmp_path):
+    monkeypatch.setenv("TCUBE_HOME", str(tmp_path))
+    assert model_names() == ["generalist", "expert-retinamnist", "expert-pneumoniamnist", "expert-breastmnist",
+                             "expert-ph2", "expert-retinamnist-base"]
+    assert store.parse_name("expert-retina").name == "expert-retinamnist"   # registry aliases work
+    assert store.parse_name("expert-derm").name == "expert-ph2"
+    assert zoo_dir("smoke", 3) == tmp_path / "zoo" / "smoke" / "seed3"
+    for spec in ("local-dir:/some/folder", "hf-hub:org/repo", "ViT-B-32:openai", "/x/expert.safetensors"):
+        assert resolve_spec(spec) == spec                                    # non-zoo specs pass through
+    for bad in ("zoo:nope", "zoo:expert-breastmnist-base", "zoo:expert-dermamnist", "zoo:"):
+        with pytest.raises(ValueError, match="valid names"):
+            resolve_spec(bad, profile="smoke")
+    with pytest.raises(ValueError, match="unknown zoo profile"):
+        zoo_dir("huge")
+    assert not any(tmp_path.iterdir())                                       # nothing was created
+
+
+def test_missing_data_is_the_data_layers_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TCUBE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TCUBE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path))                               # no ~/.medmnist fallback
+    monkeypatch.setenv("TCUBE_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="TCUBE_DATA_DIR"):
+        resolve_spec("zoo:expert-ph2", profile="smoke")
+    assert not (zoo_dir("smoke", 0) / "generalist").exists()
+
+
+def test_augmentation_is_seeded_bounded_and_keeps_grey_grey():
+    from tcube.zoo.augment import augment_batch
+
+    grey = torch.rand(8, 1, 32, 32).expand(-1, 3, -1, -1).contiguous()
+    aug = Augment(blur_p=0.5, vflip=0.5)
+    a = augment_batch(grey, aug, torch.Generator().manual_seed(0))
+    b = augment_batch(grey, aug, torch.Generator().manual_seed(0))
+    c = augment_batch(grey, aug, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == grey.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 1], a[:, 2])
+
+
+def test_balanced_sampler_shares_and_passes():
+    from tcube.zoo.train import BatchSampler
+
+    sampler = BatchSampler([10, 3, 50], batch_size=8, generator=torch.Generator().manual_seed(0))
+    picks = [sampler(step) for step in range(30)]
+    assert all(sum(len(p) for p in step) == 8 for step in picks)
+    assert all(abs(len(step[0]) - len(step[1])) <= 1 for step in picks)   # every dataset an equal share
+    first_pass = torch.cat([step[0] for step in picks])[:10]
+    assert sorted(first_pass.tolist()) == list(range(10))                  # without replacement per pass
+
+
+def test_publish_is_atomic(monkeypatch, tmp_path):
+    from tcube.models import tokenizer_for
+    from tcube.zoo.train import new_generalist
+
+    recipe = get_recipe("smoke")
+    model, tok = new_generalist(recipe, 0), tokenizer_for(recipe.model_cfg)
+    final = tmp_path / "generalist"
+
+    def killed(path):
+        raise KeyboardInterrupt("simulated kill while writing")
+
+    monkeypatch.setattr(store, "sha256", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.publish(model, final, {}, recipe, tok, {})
+    assert not final.exists() and any(tmp_path.glob(".generalist.partial-*"))  # nothing half-written in place
+    monkeypatch.undo()
+    store.publish(model, final, {}, recipe, tok, {})
+    assert read_manifest(final)["weights_sha256"] and sorted(p.name for p in tmp_path.iterdir()) == ["generalist"]
+
+
+# --------------------------------------------------------------------------------- real smoke zoo
+
+@pytest.fixture(scope="module")
+def smoke_zoo(tmp_path_factory):
+    """The smoke generalist + BreastMNIST expert, trained from the real files into a tmp TCUBE_HOME.
+
+    Under pytest-xdist the workers share one home: the zoo's own lock makes the second worker wait
+    and reuse the models instead of training them again (so `calls` is empty there).
+    """
+    root = tmp_path_factory.getbasetemp()
+    home = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "zoo_home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TCUBE_HOME", str(home))
+        calls = []
+        train_model = build.train_model
+        mp.setattr(build, "train_model", lambda key, *a, **k: calls.append(key.name) or train_model(key, *a, **k))
+        exp_spec = resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA)
+        gen_spec = resolve_spec("zoo:generalist", profile="smoke", seed=0, data_root=DATA)
+        yield SimpleNamespace(home=home, gen_spec=gen_spec, exp_spec=exp_spec, calls=calls)
+
+
+def _folder(spec: str) -> Path:
+    assert spec.startswith("local-dir:")
+    return Path(spec[len("local-dir:"):])
+
+
+@needs_data
+def test_smoke_pair_loads_and_merges_real_images(smoke_zoo):
+    from tcube import load_pair, merge_and_predict
+    from tcube.data import NpzDataset, find_npz, get_dataset_spec, prompts_for
+
+    assert smoke_zoo.calls in ([], ["generalist", "expert-breastmnist"])     # generalist first, each once
+    assert _folder(smoke_zoo.exp_spec) == zoo_dir("smoke", 0) / "expert-breastmnist"
+    assert _folder(smoke_zoo.exp_spec).is_absolute()
+    pair = load_pair(smoke_zoo.gen_spec, smoke_zoo.exp_spec)
+    data = NpzDataset(find_npz("breastmnist", root=DATA), "test", transform=pair.preprocess)
+    images = torch.stack([data[i][0] for i in range(6)])
+    assert images.shape == (6, 3, 32, 32)
+    descriptions, templates = prompts_for(get_dataset_spec("breastmnist"))
+    out = merge_and_predict(pair.generalist, pair.expert, images, descriptions, tokenizer=pair.tokenizer,
+                            templates=templates, method="t3")
+    assert out.logits.shape == (6, 2) and torch.isfinite(out.logits).all()
+    assert ((out.lambdas >= 0.5) & (out.lambdas <= 0.587)).all()           # paper defaults: λ ∈ [0.5, 0.586]
+    assert not torch.equal(*(p.state_dict()["visual.proj"] for p in (pair.generalist, pair.expert)))
+
+
+@needs_data
+def test_manifest_records_data_recipe_and_lineage(smoke_zoo):
+    from tcube.data import file_md5
+
+    gen, exp = (read_manifest(_folder(s)) for s in (smoke_zoo.gen_spec, smoke_zoo.exp_spec))
+    assert set(gen["trained_on"]) == set(ZOO_FILES) and list(exp["trained_on"]) == ["breastmnist"]
+    for m in (gen, exp):
+        assert set(m["data"]) == set(ZOO_FILES)
+        for entry in m["data"].values():
+            assert entry["md5"] == file_md5(entry["file"])
+        assert m["seed"] == 0 and m["profile"] == "smoke" and m["recipe_digest"] == get_recipe("smoke").digest()
+        assert set(d for d in m["val"] if ":" not in d) == set(ZOO_FILES)
+        assert 0 <= m["val"]["breastmnist"]["top1"] <= 100 and m["versions"]["torch"] == torch.__version__
+    assert exp["parent"]["weights_sha256"] == gen["weights_sha256"]
+    recipe = get_recipe("smoke")
+    assert (gen["training"]["steps"], exp["training"]["steps"]) == (recipe.generalist.steps, recipe.expert.steps)
+    config = json.loads((_folder(smoke_zoo.exp_spec) / "open_clip_config.json").read_text())
+    assert config["tcube"]["zoo_model"] == "expert-breastmnist"
+
+
+@needs_data
+def test_second_resolve_reuses_the_folder(smoke_zoo):
+    folder = _folder(smoke_zoo.exp_spec)
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    n_calls = len(smoke_zoo.calls)
+    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA) == smoke_zoo.exp_spec
+    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA) == smoke_zoo.exp_spec
+    assert len(smoke_zoo.calls) == n_calls and (folder / "manifest.json").stat().st_mtime_ns == stamp
+
+    from tcube.zoo.__main__ import main
+
+    assert main(["--profile", "smoke", "--data-root", str(DATA), "--only", "expert-breast", "--no-progress"]) == 0
+    assert len(smoke_zoo.calls) == n_calls                                  # the CLI found it too
+
+
+@needs_data
+def test_training_is_deterministic(smoke_zoo):
+    from tcube.models import load_state_dict_file
+    from tcube.zoo.build import train_model
+    from tcube.zoo.store import ModelKey
+
+    recipe = get_recipe("smoke")
+    stored = {name: load_state_dict_file(zoo_dir("smoke", 0) / name / "open_clip_model.safetensors")
+              for name in ("generalist", "expert-breastmnist")}
+    again, _, _ = train_model(ModelKey("generalist"), recipe, 0, DATA, progress=False)
+    other, _, _ = train_model(ModelKey("generalist"), recipe, 1, DATA, progress=False)
+    expert, _, _ = train_model(ModelKey("expert", "breastmnist"), recipe, 0, DATA, generalist=again, progress=False)
+    for name, model in (("generalist", again), ("expert-breastmnist", expert)):
+        state = model.state_dict()
+        assert state.keys() == stored[name].keys()
+        assert all(torch.equal(state[k], stored[name][k]) for k in state), f"{name} is not bit-identical"
+    assert not torch.equal(other.state_dict()["visual.proj"], stored["generalist"]["visual.proj"])
