@@ -4,7 +4,7 @@
 
 `dual` runs one GEMM against [W_exp; ΔW] (2× FLOPs); `chunked` forms W_exp + λ_i·ΔW per sample and
 runs a batched matmul (≈1× FLOPs plus one weight-sized write per sample). The crossover token count
-sets the thresholds in tcube.engines.fused (CHUNKED_MIN_TOKENS_SMALL/LARGE).
+sets the thresholds in tcube.engines.fused_ops (CHUNKED_MIN_TOKENS_SMALL/LARGE).
 """
 from __future__ import annotations
 

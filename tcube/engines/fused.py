@@ -16,13 +16,6 @@ from .base import Engine
 from .fused_ops import (FusedConv2d, FusedEmbedding, FusedLayerNorm, FusedLayerScale, FusedLinear,
                         FusedMultiheadAttention, RowLambda, delta_or_none, per_row)
 
-# When per-row weights beat the dual form, from benchmarks/bench_linear_forms.py (batch 32, 2 CPU threads):
-# a weight that stays in cache (128→512, 256 KiB) is cheap to form per row: chunked 1.6× vs dual 2.3× a
-# plain Linear at 65 tokens. A large one (768→3072, 9 MiB) is memory-bound to form: dual wins up to
-# ~128 tokens (2.5× vs 2.9×), chunked wins at ViT-B/16's 197 (2.2× vs 2.6×).
-CACHE_RESIDENT_BYTES = 2**20
-CHUNKED_MIN_TOKENS_SMALL = 48   # weights ≤ CACHE_RESIDENT_BYTES
-CHUNKED_MIN_TOKENS_LARGE = 160  # larger weights
 CHUNK_BYTES = 64 * 2**20
 
 

@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# When per-row weights beat the dual form, from benchmarks/bench_linear_forms.py (batch 32, 2 CPU threads):
+# a weight that stays in cache (128→512, 256 KiB) is cheap to form per row: chunked 1.6× vs dual 2.3× a
+# plain Linear at 65 tokens. A large one (768→3072, 9 MiB) is memory-bound to form: dual wins up to
+# ~128 tokens (2.5× vs 2.9×), chunked wins at ViT-B/16's 197 (2.2× vs 2.6×).
+CACHE_RESIDENT_BYTES = 2**20
+CHUNKED_MIN_TOKENS_SMALL = 48   # weights ≤ CACHE_RESIDENT_BYTES
+CHUNKED_MIN_TOKENS_LARGE = 160  # larger weights
+
+
 class RowLambda:
     """The per-row λ [R] of the forward in progress; shared by every fused module of a model."""
 
@@ -71,9 +80,7 @@ class FusedLinear(nn.Module):
         self.register_buffer("weight", weight)  # rows [:out] = W_exp, rows [out:] = ΔW
         self.register_buffer("bias", None if b_exp is None else b_exp.detach().clone())
         self.register_buffer("delta_bias", db)
-        if chunked_min_tokens is None:  # measured rule: see tcube.engines.fused
-            from .fused import CACHE_RESIDENT_BYTES, CHUNKED_MIN_TOKENS_LARGE, CHUNKED_MIN_TOKENS_SMALL
-
+        if chunked_min_tokens is None:  # the measured rule above
             small = w_exp.numel() * w_exp.element_size() <= CACHE_RESIDENT_BYTES
             chunked_min_tokens = CHUNKED_MIN_TOKENS_SMALL if small else CHUNKED_MIN_TOKENS_LARGE
         self.chunked_min_tokens = chunked_min_tokens
