@@ -38,6 +38,14 @@ EXIT_CONFIG_ERROR = 2
 
 
 @dataclass(frozen=True)
+class Part:
+    """One expert of the run: the settings with its model specs and dataset filled in, and that dataset."""
+
+    settings: dict
+    primary: Any  # DataRef of the expert's dataset
+
+
+@dataclass(frozen=True)
 class Cell:
     """One EvalSet × one method variant: one row of results.jsonl, identified by `key`."""
 
@@ -45,6 +53,7 @@ class Cell:
     variant: Variant
     key: str
     identity: dict
+    part: int = 0  # index into Plan.parts
 
 
 @dataclass
@@ -52,14 +61,18 @@ class Plan:
     cells: list[Cell]
     skipped: list[Skip]
     methods: list[str]
-    primary: Any  # DataRef of the expert's dataset
+    parts: list[Part]
 
-    def groups(self, done: set[str]) -> list[tuple[EvalSet, list[Cell]]]:
-        """Pending cells grouped by EvalSet (in plan order): images and endpoint logits are shared."""
-        out: OrderedDict[int, tuple[EvalSet, list[Cell]]] = OrderedDict()
+    @property
+    def primary(self) -> Any:
+        return self.parts[0].primary
+
+    def groups(self, done: set[str]) -> list[tuple[int, EvalSet, list[Cell]]]:
+        """Pending cells grouped by (part, EvalSet) in plan order: images and endpoint logits are shared."""
+        out: OrderedDict[int, tuple[int, EvalSet, list[Cell]]] = OrderedDict()
         for cell in self.cells:
             if cell.key not in done:
-                out.setdefault(id(cell.eval_set), (cell.eval_set, []))[1].append(cell)
+                out.setdefault(id(cell.eval_set), (cell.part, cell.eval_set, []))[2].append(cell)
         return list(out.values())
 
 
@@ -121,28 +134,59 @@ def build_plan(s: dict[str, Any]) -> Plan:
         raise ValueError(f"unknown engine '{engine}'; choose engine=naive|batch|bucket|fused")
     variants = method_variants(s["method"], list(s.get("references") or []))
     check_engine(variants, engine)
-    model = s["model"]
     for key in ("generalist", "expert"):
-        if not model.get(key):
+        if not s["model"].get(key):
             raise ValueError(f"model.{key} is not set: pass model.{key}=<spec> (e.g. local-dir:/path)")
-    data = s["data"]
-    primary = resolve_data(_data_entry(data), data.get("root"), int(data.get("size", 28)))
-    ctx = Context(data=primary, options=s["protocol"], data_root=data.get("root"), size=int(data.get("size", 28)),
-                  has_expert_base=bool(model.get("expert_base")))
-    sets, skipped = eval_sets(s["protocol"]["name"], ctx)
+    parts, skipped = plan_parts(s)
     cells = []
-    for es in sets:
-        for v in variants:
-            ident = cell_identity(es, v, s)
-            cells.append(Cell(es, v, cell_key(ident), ident))
-    return Plan(cells, skipped, [v.method for v in variants], primary)
+    for index, part in enumerate(parts):
+        p = part.settings
+        ctx = Context(data=part.primary, options=p["protocol"], data_root=p["data"].get("root"),
+                      size=int(p["data"].get("size", 28)), has_expert_base=bool(p["model"].get("expert_base")))
+        sets, skips = eval_sets(p["protocol"]["name"], ctx)
+        skipped += skips
+        for es in sets:
+            for v in variants:
+                ident = cell_identity(es, v, p)
+                cells.append(Cell(es, v, cell_key(ident), ident, index))
+    return Plan(cells, skipped, [v.method for v in variants], parts)
+
+
+def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
+    """One Part per expert dataset: `data=all` lists several (those whose file is missing are skipped).
+
+    A model spec may name its dataset as `{dataset}` (conf/model/zoo.yaml: `zoo:expert-{dataset}`), so
+    one model config serves every modality.
+    """
+    data = s["data"]
+    root, size = data.get("root"), int(data.get("size", 28))
+    if data.get("name") != "all":
+        return [_part(s, data, resolve_data(_data_entry(data), root, size))], []
+    names = list(data.get("datasets") or [])
+    if not names:
+        raise ValueError("data=all needs data.datasets, e.g. data.datasets=[retinamnist,ph2]")
+    parts, skipped = [], []
+    for name in names:
+        try:
+            parts.append(_part(s, {**data, "name": name, "datasets": None}, resolve_data(name, root, size)))
+        except FileNotFoundError as err:
+            skipped.append(Skip("all", name, f"not evaluated: {err}"))
+    if not parts:
+        raise FileNotFoundError(f"data=all found none of {names} in {root or '$TCUBE_DATA_DIR or ~/.medmnist'}; "
+                                "set TCUBE_DATA_DIR (or data.root) to the folder with the MedMNIST npz files")
+    return parts, skipped
+
+
+def _part(s: dict[str, Any], data: dict[str, Any], primary: Any) -> Part:
+    model = {k: v.replace("{dataset}", primary.name) if isinstance(v, str) else v for k, v in s["model"].items()}
+    return Part({**s, "model": model, "data": data}, primary)
 
 
 def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     """Everything that determines a cell's result (its key hashes this)."""
     model, engine = s["model"], s["engine"]
     specs = (model["generalist"], model[es.expert])
-    ident = {**es.describe(), "method": v.method, "config_params": v.kwargs, "engine": engine["name"],
+    ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs, "engine": engine["name"],
              "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"}, "seed": s["seed"],
              "limit": s.get("limit"), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
@@ -209,7 +253,7 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
     results = ResultsFile(run_dir / RESULTS_NAME)
     results.repair()
     groups = plan.groups(results.keys())
-    pending = sum(len(cells) for _, cells in groups)
+    pending = sum(len(cells) for *_, cells in groups)
     log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
              results.path, pending)
     logger = make_logger(s.get("logger") or {"name": "none"}, run_dir, s)
@@ -224,21 +268,29 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
     return summary
 
 
-def evaluate(groups: list[tuple[EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
+def make_runner(part: Part, cache: LogitCache) -> CellRunner:
+    """The cell runner of one expert (its models load on first use)."""
+    s, engine = part.settings, part.settings["engine"]
+    return CellRunner(
+        pair_loader(s, str(part.primary.path.parent), _device(s.get("device", "auto"))), cache=cache,
+        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
+        text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
+        batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
+        primary=part.primary, progress=bool(s.get("progress", True)))
+
+
+def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
              logger) -> None:
     """Compute the pending cells, appending each row as soon as it exists (a kill loses one cell at most)."""
     from tqdm import tqdm
 
-    engine = s["engine"]
     cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
-    runner = CellRunner(
-        pair_loader(s, str(plan.primary.path.parent), _device(s.get("device", "auto"))), cache=cache,
-        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
-        text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
-        batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
-        primary=plan.primary, progress=bool(s.get("progress", True)))
-    with tqdm(total=sum(len(c) for _, c in groups), desc="cells", disable=not s.get("progress", True)) as bar:
-        for es, cells in groups:
+    runner, runner_part = None, None
+    with tqdm(total=sum(len(c) for *_, c in groups), desc="cells", disable=not s.get("progress", True)) as bar:
+        for part, es, cells in groups:
+            if part != runner_part:  # one expert at a time: the previous one's models are released
+                runner, runner_part = make_runner(plan.parts[part], cache), part
+                log.info("expert %d/%d: %s", part + 1, len(plan.parts), plan.parts[part].primary.name)
             by_variant = {c.variant: c for c in cells}
             for variant, metrics in runner.run(es, [c.variant for c in cells]):
                 cell = by_variant[variant]
@@ -256,8 +308,9 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
                    cells={"planned": len(plan.cells), "computed": computed, "resumed": len(plan.cells) - computed,
                           "rows": len(rows)},
                    config=s, run_dir=str(run_dir))
-    meta = {"generalist": s["model"]["generalist"], "expert": s["model"]["expert"],
-            "expert_base": s["model"].get("expert_base"), "data": plan.primary.name,
+    experts = [p.settings["model"] for p in plan.parts]
+    meta = {"generalist": s["model"]["generalist"], "expert": ", ".join(m["expert"] for m in experts),
+            "expert_base": s["model"].get("expert_base"), "data": ", ".join(p.primary.name for p in plan.parts),
             "protocol": s["protocol"]["name"], "engine": s["engine"]["name"], "seed": s["seed"],
             "limit": s.get("limit"), "cells": len(rows)}
     write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
