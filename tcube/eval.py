@@ -126,6 +126,8 @@ def build_plan(s: dict[str, Any]) -> Plan:
 
     for key, ok, what in (("batch_size", _int(s.get("batch_size"), 1), "a positive integer"),
                           ("limit", s.get("limit") is None or _int(s["limit"], 1), "a positive integer or null"),
+                          ("calibration_limit", s.get("calibration_limit") is None or _int(s["calibration_limit"], 1),
+                           "a positive integer or null"),
                           ("seed", _int(s.get("seed"), 0), "a non-negative integer")):
         if not ok:
             raise ValueError(f"{key} must be {what}, got {s.get(key)!r} (e.g. {key}=16)")
@@ -188,12 +190,23 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     specs = (model["generalist"], model[es.expert])
     ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs, "engine": engine["name"],
              "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"}, "seed": s["seed"],
-             "limit": s.get("limit"), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
+             "limit": _cap(s.get("limit"), es.limit), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
         ident["zoo_profile"] = model.get("zoo_profile", "default")
     if v.needs_calibration:
         ident["calibration"] = s.get("calibration", "own")
+        ident["calibration_limit"] = _cap(s.get("limit"), s.get("calibration_limit"))
     return ident
+
+
+def view_key(identity: dict[str, Any]) -> str:
+    """A cell's identity without the protocol labels: equal keys mean the same images, models and method."""
+    return cell_key({k: v for k, v in identity.items() if k not in ("protocol", "split", "role")})
+
+
+def _cap(*limits: int | None) -> int | None:
+    caps = [c for c in limits if c is not None]
+    return min(caps) if caps else None
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -276,7 +289,7 @@ def make_runner(part: Part, cache: LogitCache) -> CellRunner:
         engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
         text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
         batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
-        primary=part.primary, progress=bool(s.get("progress", True)))
+        calibration_limit=s.get("calibration_limit"), primary=part.primary, progress=bool(s.get("progress", True)))
 
 
 def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
@@ -286,18 +299,30 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
 
     cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
     runner, runner_part = None, None
+    computed: dict[str, tuple[str, dict]] = {}  # view_key -> (key, metrics) of the cell that computed it
     with tqdm(total=sum(len(c) for *_, c in groups), desc="cells", disable=not s.get("progress", True)) as bar:
         for part, es, cells in groups:
             if part != runner_part:  # one expert at a time: the previous one's models are released
                 runner, runner_part = make_runner(plan.parts[part], cache), part
                 log.info("expert %d/%d: %s", part + 1, len(plan.parts), plan.parts[part].primary.name)
-            by_variant = {c.variant: c for c in cells}
-            for variant, metrics in runner.run(es, [c.variant for c in cells]):
-                cell = by_variant[variant]
+            def emit(cell: Cell, metrics: dict) -> None:
                 row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 results.append(row)
                 logger.log_row(row)
                 bar.update()
+
+            fresh = []
+            for cell in cells:  # e.g. in_domain and base_to_novel's base set are the same images
+                same = computed.get(view_key(cell.identity))
+                if same is None:
+                    fresh.append(cell)
+                else:
+                    emit(cell, {**same[1], "same_as": same[0]})
+            by_variant = {c.variant: c for c in fresh}
+            for variant, metrics in (runner.run(es, list(by_variant)) if fresh else ()):
+                cell = by_variant[variant]
+                computed[view_key(cell.identity)] = (cell.key, metrics)
+                emit(cell, metrics)
     log.info("endpoint logits: %d cache hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
 
 

@@ -110,6 +110,7 @@ class EvalSet:
     split: str | None = None      # base_to_novel: modality | class
     role: str | None = None       # base_to_novel: base | novel
     expert: str = "expert"        # the model.* key naming this set's expert (expert | expert_base)
+    limit: int | None = None      # the protocol's own cap on test images (the run-wide `limit` also applies)
 
     def describe(self) -> dict[str, Any]:
         """The row fields that say which view this is."""

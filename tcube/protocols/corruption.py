@@ -33,9 +33,17 @@ def severity_list(ctx: Context) -> list[int]:
     return sorted(set(severities))
 
 
+def image_limit(ctx: Context) -> int | None:
+    limit = ctx.options.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"protocol.limit must be a positive integer or null, got {limit!r} (e.g. protocol.limit=64)")
+    return limit
+
+
 def eval_sets(ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
-    sets = [EvalSet(NAME, ctx.data)]  # clean: corruption None, severity 0
+    limit = image_limit(ctx)  # the same seeded images in every cell, clean included
+    sets = [EvalSet(NAME, ctx.data, limit=limit)]  # clean: corruption None, severity 0
     severities = severity_list(ctx)
     for name in corruption_list(ctx):
-        sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s) for s in severities]
+        sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s, limit=limit) for s in severities]
     return sets, []

@@ -27,6 +27,7 @@ from ..data.npz import NpzDataset
 from ..methods import Merger
 from ..metrics import balanced_accuracy, top1
 from ..models.loading import ModelPair
+from ..stats import majority_baseline
 from .base import DataRef, EvalSet, Variant
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,15 @@ class CellRunner:
     def __init__(self, pairs: Callable[[str], PairInfo], *, cache: LogitCache, engine: str,
                  engine_options: dict[str, Any] | None = None, text_heads: str = "exact", grid_size: int = 33,
                  batch_size: int = 64, limit: int | None = None, seed: int = 0, calibration: str = "own",
-                 primary: DataRef | None = None, progress: bool = True, max_mergers: int = 2):
+                 calibration_limit: int | None = None, primary: DataRef | None = None, progress: bool = True,
+                 max_mergers: int = 2):
         if calibration not in ("own", "expert"):
             raise ValueError(f"calibration must be 'own' or 'expert', got {calibration!r}")
         self.pairs, self.cache = pairs, cache
         self.engine, self.engine_options = engine, dict(engine_options or {})
         self.text_heads, self.grid_size = text_heads, grid_size
         self.batch_size, self.limit, self.seed = int(batch_size), limit, int(seed)
+        self.calibration_limit = calibration_limit
         self.calibration, self.primary, self.progress = calibration, primary, progress
         self._arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._mergers: OrderedDict[tuple, tuple[Merger, set]] = OrderedDict()
@@ -86,11 +89,17 @@ class CellRunner:
             self._arrays[key] = (ds.images, ds.labels)
         return self._arrays[key]
 
+    def cap(self, limit: int | None) -> int | None:
+        """The run-wide `limit` combined with a narrower one (a protocol's, or calibration's)."""
+        caps = [c for c in (self.limit, limit) if c is not None]
+        return min(caps) if caps else None
+
     def load_view(self, data: DataRef, split: str, classes: Sequence[int] | None, preprocess: Callable,
-                  corruption: str | None = None, severity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed images [N, 3, H, W] and labels in the label space of `classes`."""
+                  corruption: str | None = None, severity: int = 0, limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images [N, 3, H, W] and labels in the label space of `classes` (at most cap(limit))."""
         images, labels = self._split_arrays(data, split)
-        idx = select_indices(labels, classes, self.limit, self.seed)
+        idx = select_indices(labels, classes, self.cap(limit), self.seed)
         if len(idx) == 0:
             raise ValueError(f"{data.name} {split}: no images of classes {classes}")
         n_classes = data.spec.num_classes
@@ -122,12 +131,13 @@ class CellRunner:
             self._mergers.popitem(last=False)
         return self._mergers[key]
 
-    def _view_fields(self, info: PairInfo, data: DataRef, split: str, classes, corruption, severity) -> dict:
+    def _view_fields(self, info: PairInfo, data: DataRef, split: str, classes, corruption, severity,
+                     limit: int | None = None) -> dict:
         descriptions, templates = data.prompts(classes)
         return {"kind": "endpoint_logits", "generalist": info.fingerprints[0], "expert": info.fingerprints[1],
                 "dataset": data.name, "file_md5": file_md5(data.path), "split": split,
                 "classes": list(classes) if classes is not None else None, "corruption": corruption,
-                "severity": severity, "descriptions": descriptions, "templates": templates, "limit": self.limit,
+                "severity": severity, "descriptions": descriptions, "templates": templates, "limit": self.cap(limit),
                 "seed": self.seed, "preprocess": repr(info.pair.preprocess)}
 
     @torch.no_grad()
@@ -159,7 +169,7 @@ class CellRunner:
                 classes = tuple(base_novel_classes(data.spec.num_classes)[0])
             elif data.name != es.data.name:
                 classes = None
-        fields = {**self._view_fields(info, data, "val", classes, None, 0), "kind": "calibration",
+        fields = {**self._view_fields(info, data, "val", classes, None, 0, self.calibration_limit), "kind": "calibration",
                   "engine": self.engine, "engine_options": self.engine_options, "text_heads": self.text_heads,
                   "grid_size": self.grid_size, "code": _calibration_fingerprint()}
         key = cache_key(fields)
@@ -167,7 +177,8 @@ class CellRunner:
             return fields
         state = self.cache.load_json(key)
         if state is None:
-            images, labels = self.load_view(data, "val", classes, info.pair.preprocess)
+            images, labels = self.load_view(data, "val", classes, info.pair.preprocess,
+                                            limit=self.calibration_limit)
             same_space = data.name == es.data.name and classes == es.classes
             source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
             source.calibrate(images, labels, batch_size=self.batch_size)
@@ -184,8 +195,8 @@ class CellRunner:
         info = self.pairs(es.expert)
         merger, loaded = self._merger(es.expert, info, es.data, es.classes)
         images, labels = self.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
-                                        es.severity)
-        fields = self._view_fields(info, es.data, "test", es.classes, es.corruption, es.severity)
+                                        es.severity, es.limit)
+        fields = self._view_fields(info, es.data, "test", es.classes, es.corruption, es.severity, es.limit)
         gen, exp, endpoint_seconds, cache_hit = self._endpoints(merger, images, fields)
         n_classes = gen.shape[1]
         calibration = None
@@ -221,8 +232,23 @@ class CellRunner:
                                 if variant.needs_calibration else None),
                 "fingerprints": list(info.fingerprints),
                 "correct": "".join("1" if c else "0" for c in (preds == labels).tolist()),
+                # per image, so reports can bootstrap and diagnose after the fact (tcube.stats, tcube.diagnostics)
+                "labels": _compact_labels(labels, n_classes),
+                "majority_top1": majority_baseline(labels.numpy()),
+                "js_per_image": [round(v, 6) for v in js.tolist()],
+                "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in PER_SAMPLE_LAMBDA
+                                     else None),
             }
             yield variant, metrics
+
+
+PER_SAMPLE_LAMBDA = ("t3", "t3_batch", "t3_cal", "dawin")  # λ varies across images (or batches)
+
+
+def _compact_labels(labels: torch.Tensor, n_classes: int) -> str | list[int]:
+    """One digit per image when the classes fit in digits (as compact as `correct`), else a list."""
+    values = labels.tolist()
+    return "".join(map(str, values)) if n_classes <= 10 else values
 
 
 def _jsonable(value: Any) -> Any:
