@@ -201,7 +201,7 @@ def test_unknown_group_option_exits_2_before_hydra(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ev.main()
     assert exit_info.value.code == 2
-    assert "unknown data 'nope': choose data=breast|ph2|pneumonia|retina" in capsys.readouterr().err
+    assert "unknown data 'nope': choose data=all|breast|ph2|pneumonia|retina" in capsys.readouterr().err
 
 
 def test_cli_multirun_sweep(env, tmp_path):
