@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tcube.calibration import expected_calibration_error, fit_temperature
-from tcube.stats import bootstrap_ci, excludes_zero, majority_baseline, paired_bootstrap_diff
+from tcube.stats import (
+    bootstrap_ci,
+    excludes_zero,
+    majority_baseline,
+    paired_bootstrap_diff,
+)
 
 
 def test_bootstrap_interval_covers_true_accuracy_at_about_95_percent():
@@ -75,7 +80,12 @@ def test_bad_logits_raise():
 
 def test_shared_resamples_cover_a_mean_over_cells_and_pair_exactly():
     """The report's machinery (one multinomial resample per image pool, reused by every row of the pool)."""
-    from tcube.stats import bootstrap_means, percentile_interval, pool_seed, resample_weights
+    from tcube.stats import (
+        bootstrap_means,
+        percentile_interval,
+        pool_seed,
+        resample_weights,
+    )
 
     rng = np.random.default_rng(5)
     hits, trials = 0, 200
