@@ -349,7 +349,10 @@ def _ordered_methods(rows: Sequence[dict]) -> list[str]:
 def _default_out(targets: Sequence[str]) -> Path:
     """One target: itself (a run dir gets its report rewritten, a sweep folder gets the merged one);
     several: their common parent folder."""
-    return Path(targets[0]) if len(targets) == 1 else Path(os.path.commonpath([os.path.abspath(t) for t in targets]))
+    if len(targets) == 1:
+        target = Path(targets[0])
+        return target.parent if target.is_file() else target  # a results.jsonl given directly: its folder
+    return Path(os.path.commonpath([os.path.abspath(t) for t in targets]))
 
 
 def main(argv: list[str] | None = None) -> int:
