@@ -31,3 +31,16 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, *, n_b
 
     return float(multiclass_calibration_error(probs.float(), labels.long().view(-1), num_classes=probs.shape[1],
                                               n_bins=n_bins, norm="l1")) * 100
+
+
+def temperature_report(logits: dict[str, torch.Tensor], labels: torch.Tensor,
+                       temperatures: dict[str, float]) -> dict[str, float]:
+    """Per model name: its temperature and ECE before / after dividing its logits by it (keys as in
+    Merger.calibration_report, so validation and test reports read alike)."""
+    out: dict[str, float] = {}
+    for name, value in logits.items():
+        t = float(temperatures[name])
+        out[f"temperature_{name}"] = t
+        out[f"ece_{name}_before"] = expected_calibration_error(value.float().softmax(-1), labels)
+        out[f"ece_{name}_after"] = expected_calibration_error((value.float() / t).softmax(-1), labels)
+    return out

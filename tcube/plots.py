@@ -101,8 +101,42 @@ def lambda_vs_js(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def routing_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over eval sets of the JS routing diagnostics, per (expert modality, protocol); the generalist's rows
+    carry the uncalibrated JS every method sees (runner: `diagnostics` on each row)."""
+    if "diagnostics" not in df or df["diagnostics"].isna().all():
+        return pd.DataFrame()
+    rows = df[(df["method"] == "generalist") & df["diagnostics"].notna()]
+    keys = ["auroc_js_gen_right_exp_wrong", "spearman_js_expert_error"]
+    table = pd.DataFrame([{k: d.get(k) for k in keys} for d in rows["diagnostics"]], index=rows.index, dtype=float)
+    table["protocol"] = rows["protocol"]
+    table["expert_data"] = rows["expert_data"].fillna("expert") if "expert_data" in rows else "expert"
+    return table.groupby(["expert_data", "protocol"])[keys].mean()
+
+
+def routing_auroc(df: pd.DataFrame) -> Figure:
+    """AUROC of JS for 'generalist right, expert wrong' per protocol, one bar per expert modality (0.5 = chance)."""
+    table = routing_table(df)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    if table.empty or "auroc_js_gen_right_exp_wrong" not in table:
+        return fig
+    auc = table["auroc_js_gen_right_exp_wrong"].unstack("expert_data")
+    width = 0.8 / max(1, auc.shape[1])
+    x = np.arange(len(auc))
+    for k, expert in enumerate(auc.columns):
+        ax.bar(x + k * width - 0.4 + width / 2, auc[expert], width, label=str(expert))
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, auc.index)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AUROC of JS")
+    ax.set_title("Does JS flag 'generalist right, expert wrong'? (0.5 = chance)")
+    ax.legend(fontsize="small", title="expert")
+    return fig
+
+
 PLOTS = {"accuracy_by_method": accuracy_by_method, "mce_by_method": mce_by_method,
-         "lambda_vs_severity": lambda_vs_severity, "lambda_vs_js": lambda_vs_js}
+         "lambda_vs_severity": lambda_vs_severity, "lambda_vs_js": lambda_vs_js, "routing_auroc": routing_auroc}
 
 
 def save_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:

@@ -30,3 +30,18 @@ def test_save_all_writes_pngs(tmp_path):
     assert {p.name for p in paths} == {"accuracy_by_method.png", "mce_by_method.png", "lambda_vs_severity.png",
                                        "lambda_vs_js.png"}
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_routing_auroc_plot_per_expert_and_protocol(tmp_path):
+    from report_support import synthetic_rows
+
+    from tcube.plots import routing_auroc, routing_table
+
+    df = pd.DataFrame(synthetic_rows())
+    table = routing_table(df)
+    assert set(table.index) == {(e, p) for e in ("retinamnist", "pneumoniamnist")
+                                for p in ("in_domain", "base_to_novel", "corruption")}
+    assert table["auroc_js_gen_right_exp_wrong"].tolist() == pytest.approx([0.7] * 6)
+    fig = routing_auroc(df)
+    assert fig.axes[0].has_data() and len(fig.axes[0].patches) == 6
+    assert "routing_auroc.png" in {p.name for p in save_all(df, tmp_path)}

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tcube.calibration import expected_calibration_error, fit_temperature
-from tcube.stats import bootstrap_ci, excludes_zero, majority_baseline, paired_bootstrap_diff
+from tcube.stats import (
+    bootstrap_ci,
+    excludes_zero,
+    majority_baseline,
+    paired_bootstrap_diff,
+)
 
 
 def test_bootstrap_interval_covers_true_accuracy_at_about_95_percent():
@@ -71,3 +76,25 @@ def test_calibration_lowers_ece_on_overconfident_logits():
 def test_bad_logits_raise():
     with pytest.raises(ValueError, match="NaN"):
         fit_temperature(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+
+
+def test_shared_resamples_cover_a_mean_over_cells_and_pair_exactly():
+    """The report's machinery (one multinomial resample per image pool, reused by every row of the pool)."""
+    from tcube.stats import (
+        bootstrap_means,
+        percentile_interval,
+        pool_seed,
+        resample_weights,
+    )
+
+    rng = np.random.default_rng(5)
+    hits, trials = 0, 200
+    for t in range(trials):
+        cells = rng.random((3, 120)) < np.array([[0.6], [0.7], [0.8]])  # 3 corruptions of the same 120 images
+        draws = bootstrap_means(cells, resample_weights(120, 400, pool_seed(t, ("d", "all", 120))))
+        _, low, high = percentile_interval(cells.mean() * 100, draws.mean(axis=1))
+        hits += low <= 70.0 <= high
+    assert 0.90 <= hits / trials <= 0.99
+    same = bootstrap_means(np.stack([cells[0], cells[0]]), resample_weights(120, 50, pool_seed(0, "p")))
+    assert np.array_equal(same[:, 0] - same[:, 1], np.zeros(50))
+    assert np.array_equal(resample_weights(9, 4, pool_seed(1, "p")), resample_weights(9, 4, pool_seed(1, "p")))

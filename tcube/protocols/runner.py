@@ -21,9 +21,11 @@ from tqdm import tqdm
 
 from .. import methods as methods_module
 from ..cache import LogitCache, cache_key
+from ..calibration import temperature_report
 from ..data.corruptions import corrupt
 from ..data.files import file_md5
 from ..data.npz import NpzDataset
+from ..diagnostics import routing_diagnostics
 from ..methods import Merger
 from ..metrics import balanced_accuracy, top1
 from ..models.loading import ModelPair
@@ -200,6 +202,9 @@ class CellRunner:
         gen, exp, endpoint_seconds, cache_hit = self._endpoints(merger, images, fields)
         n_classes = gen.shape[1]
         calibration = None
+        # per eval set, from labels and endpoints only: the floor to beat and who is right where (diagnostics)
+        majority = majority_baseline(labels.numpy())
+        gen_ok, exp_ok = (gen.argmax(-1) == labels).numpy(), (exp.argmax(-1) == labels).numpy()
         for variant in variants:
             if variant.needs_calibration:
                 calibration = self._calibrate(es, info, merger, loaded)
@@ -223,18 +228,20 @@ class CellRunner:
                 "lambda_mean": float(finite.mean()) if finite.numel() else None,
                 "lambda_std": float(finite.std(unbiased=False)) if finite.numel() else None,
                 "js_mean": float(js.mean()),
+                "majority_top1": majority,
+                "diagnostics": routing_diagnostics(js.numpy(), lam.numpy(), gen_ok, exp_ok),
                 "seconds": seconds, "endpoint_seconds": endpoint_seconds,
                 "cached_endpoints": cache_hit,
                 "params": _jsonable(used),
                 "calibration": ({"dataset": calibration["dataset"], "split": "val", "classes": calibration["classes"],
                                  **{k: _jsonable(getattr(merger, k)) for k in ("temperatures",)
-                                    if getattr(merger, k, None) is not None}}
+                                    if getattr(merger, k, None) is not None},
+                                 "ece": _ece(merger, gen, exp, labels)}
                                 if variant.needs_calibration else None),
                 "fingerprints": list(info.fingerprints),
                 "correct": "".join("1" if c else "0" for c in (preds == labels).tolist()),
                 # per image, so reports can bootstrap and diagnose after the fact (tcube.stats, tcube.diagnostics)
                 "labels": _compact_labels(labels, n_classes),
-                "majority_top1": majority_baseline(labels.numpy()),
                 "js_per_image": [round(v, 6) for v in js.tolist()],
                 "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in PER_SAMPLE_LAMBDA
                                      else None),
@@ -249,6 +256,15 @@ def _compact_labels(labels: torch.Tensor, n_classes: int) -> str | list[int]:
     """One digit per image when the classes fit in digits (as compact as `correct`), else a list."""
     values = labels.tolist()
     return "".join(map(str, values)) if n_classes <= 10 else values
+
+
+def _ece(merger: Merger, gen: torch.Tensor, exp: torch.Tensor, labels: torch.Tensor) -> dict[str, Any] | None:
+    """ECE before/after temperature scaling: on val (where T was fitted) and on this eval set's test images."""
+    if merger.temperatures is None:
+        return None
+    temps = dict(zip(("generalist", "expert"), merger.temperatures))
+    return {"val": _jsonable(merger.calibration_report),
+            "test": temperature_report({"generalist": gen, "expert": exp}, labels, temps)}
 
 
 def _jsonable(value: Any) -> Any:
