@@ -15,9 +15,9 @@ single process and every method below is a cheap no-op.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch

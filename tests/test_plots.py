@@ -36,16 +36,22 @@ def tradeoff_rows():
     out = []
     for expert in ("retinamnist", "ph2"):
         for method, acc in (("generalist", 50.0), ("expert", 90.0), ("t3", 80.0)):
-            base = dict(expert_data=expert, severity=0, corruption=None, method=method, lambda_mean=0.55, js_mean=0.1)
-            out.append(dict(base, protocol="in_domain", split=None, role=None, dataset=expert, top1=acc))
+            base = {"expert_data": expert, "severity": 0, "corruption": None, "method": method, "lambda_mean": 0.55,
+                    "js_mean": 0.1}
+            out.append({**base, "protocol": "in_domain", "split": None, "role": None, "dataset": expert, "top1": acc})
             for novel in ("a", "b"):
-                out.append(dict(base, protocol="base_to_novel", split="modality", role="novel", dataset=novel,
-                                top1=100 - acc + (10 if novel == "a" else 0)))
+                out.append({**base, "protocol": "base_to_novel", "split": "modality", "role": "novel",
+                            "dataset": novel, "top1": 100 - acc + (10 if novel == "a" else 0)})
     return pd.DataFrame(out)
 
 
 def test_headline_table_and_new_plots():
-    from tcube.plots import accuracy_vs_severity, headline_table, lambda_distribution, tradeoff
+    from tcube.plots import (
+        accuracy_vs_severity,
+        headline_table,
+        lambda_distribution,
+        tradeoff,
+    )
 
     table = headline_table(rows())
     assert list(table.index) == ["generalist", "expert", "t3"] and list(table.columns) == ["in_domain"]  # clean cells only
