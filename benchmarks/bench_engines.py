@@ -1,6 +1,10 @@
 """Engine benchmark: throughput, peak memory and exactness of every way to run T^3, in one run.
 
     python benchmarks/bench_engines.py [--scales small,vit_b16,biomedclip] [--batch 32] [--out bench.json]
+                                       [--device auto|cpu|cuda] [--precision fp32|bf16|fp16]
+
+--device auto (the default) runs on the GPU when one is visible. --precision runs every model forward
+under torch.autocast (λ and merge arithmetic stay fp32); Δlogit vs naive compares within that precision.
 
 Random weights (speed only; expert = generalist + noise). Per scale it times one batch end to end
 (endpoint JS pass + merged pass) after a warm-up batch, and prints ratios measured in this run.
@@ -21,8 +25,10 @@ from pathlib import Path
 import torch
 
 from tcube import Merger
+from tcube.device import resolve_device
 from tcube.methods import _plain_logits
 from tcube.models import build_model, tokenizer_for
+from tcube.precision import PRECISIONS, autocast, check_precision
 
 CLASSES = ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
            "severe diabetic retinopathy", "proliferative diabetic retinopathy"]
@@ -79,7 +85,7 @@ class PeakMemory:
     malloc_trim; short spikes can be missed: --exact-memory re-measures with every large block mmap'd)."""
 
     def __init__(self, device: str):
-        self.device, self.peak = device, 0
+        self.cuda, self.peak = device.startswith("cuda"), 0
 
     def _rss(self) -> int:
         with open("/proc/self/statm") as f:
@@ -87,7 +93,7 @@ class PeakMemory:
 
     def __enter__(self):
         _trim()
-        if self.device == "cuda":
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
@@ -102,7 +108,7 @@ class PeakMemory:
             time.sleep(0.002)
 
     def __exit__(self, *exc):
-        if self.device == "cuda":
+        if self.cuda:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.start
         else:
@@ -141,18 +147,18 @@ def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     times = []
     with PeakMemory(device) as mem:
         while not times or (not MEMORY_PASS and sum(times) < min_seconds and len(times) < max_reps):
-            if device == "cuda":
+            if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
             result = fn()
-            if device == "cuda":
+            if device.startswith("cuda"):
                 torch.cuda.synchronize()
             out = result if not times else out  # the first call's output (it ran on the first batch)
             times.append(time.perf_counter() - start)
     return out, sorted(times)[len(times) // 2], mem.peak / 2**20
 
 
-def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int) -> list[dict]:
+def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, precision: str = "fp32") -> list[dict]:
     gen, exp, tokenizer, size = make_pair(scale, tmp)
     gen, exp = gen.to(device), exp.to(device)
     g = torch.Generator().manual_seed(1)
@@ -163,10 +169,14 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int) 
 
     def merger(engine, heads="exact", **options):
         return Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, engine=engine, text_heads=heads,
-                      grid_size=grid_size, engine_options=options)
+                      grid_size=grid_size, engine_options=options, precision=precision)
+
+    def plain_forward():
+        with autocast(device, precision):
+            return _plain_logits(exp, head, images)
 
     head = merger("batch").head_exp
-    plain, seconds, peak = timed(lambda: _plain_logits(exp, head, images), device)
+    plain, seconds, peak = timed(plain_forward, device)
     rows.append({"scale": scale, "config": "single model forward", "images_per_s": batch / seconds,
                  "seconds": seconds, "peak_mib": peak, "logits": plain})
     print(f"  {scale:10s} {'single model forward':24s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
@@ -202,7 +212,9 @@ def main() -> None:
     parser.add_argument("--scales", default="small,vit_b16,biomedclip")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--grid-size", type=int, default=33)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible) | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="model forwards under torch.autocast (fp16 needs CUDA)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench_engines.json")
     parser.add_argument("--exact-memory", action="store_true",
@@ -210,20 +222,26 @@ def main() -> None:
                              "exact RSS); by default peaks are sampled RSS growth after malloc_trim")
     parser.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        args.device = str(resolve_device(args.device))
+        check_precision(args.precision, args.device)
+    except ValueError as err:
+        parser.error(str(err))
     global MEMORY_PASS
     MEMORY_PASS = args.memory_pass
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+               "precision": args.precision,
+               "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None}
     print(f"machine: {machine}")
     rows = []
     if MEMORY_PASS:
         _exact_rss()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for scale in args.scales.split(","):
-            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size)
+            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size, args.precision)
     if MEMORY_PASS:
         Path(args.out).write_text(json.dumps({(r["scale"] + "|" + r["config"]): r["peak_mib"] for r in rows}))
         return
@@ -233,7 +251,8 @@ def main() -> None:
         print("\nmemory pass (exact RSS, one call per config):", flush=True)
         mem_out = Path(args.out).with_suffix(".memory.json")
         subprocess.run([sys.executable, __file__, "--memory-pass", "--scales", args.scales, "--batch", str(args.batch),
-                        "--grid-size", str(args.grid_size), "--out", str(mem_out)]
+                        "--grid-size", str(args.grid_size), "--out", str(mem_out), "--device", args.device,
+                        "--precision", args.precision]
                        + (["--threads", str(args.threads)] if args.threads else []), check=True)
         peaks = json.loads(mem_out.read_text())
         mem_out.unlink()

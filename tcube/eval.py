@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .cache import LogitCache
+from .distributed import SINGLE, Dist
 from .protocols import Context, EvalSet, Skip, Variant, check_engine, eval_sets, make_variant, resolve_data
 from .protocols.runner import CellRunner, PairInfo
 from .report import render_report, summarize
@@ -131,6 +132,10 @@ def build_plan(s: dict[str, Any]) -> Plan:
                           ("seed", _int(s.get("seed"), 0), "a non-negative integer")):
         if not ok:
             raise ValueError(f"{key} must be {what}, got {s.get(key)!r} (e.g. {key}=16)")
+    from .device import resolve_device
+    from .precision import check_precision
+
+    check_precision(s.get("precision", "fp32"), resolve_device(s.get("device", "auto")))
     engine = s["engine"]["name"]
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}'; choose engine=naive|batch|bucket|fused")
@@ -193,6 +198,8 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
              "limit": _cap(s.get("limit"), es.limit), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
         ident["zoo_profile"] = model.get("zoo_profile", "default")
+    if s.get("precision", "fp32") != "fp32":  # fp32 rows keep the keys they had before precision existed
+        ident["precision"] = s["precision"]
     if v.needs_calibration:
         ident["calibration"] = s.get("calibration", "own")
         ident["calibration_limit"] = _cap(s.get("limit"), s.get("calibration_limit"))
@@ -222,7 +229,7 @@ def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
     return resolve_spec(spec, profile=s["model"].get("zoo_profile", "default"), seed=s["seed"], data_root=data_root)
 
 
-def pair_loader(s: dict[str, Any], data_root: str, device: str) -> Callable[[str], PairInfo]:
+def pair_loader(s: dict[str, Any], data_root: str, device: str, dist: Dist = SINGLE) -> Callable[[str], PairInfo]:
     """role ("expert" | "expert_base") -> the loaded (generalist, role) pair, loaded once, on first use."""
     from .cache import model_fingerprint
     from .models import load_pair
@@ -232,7 +239,8 @@ def pair_loader(s: dict[str, Any], data_root: str, device: str) -> Callable[[str
     def get(role: str) -> PairInfo:
         if role not in loaded:
             specs = (s["model"]["generalist"], s["model"][role])
-            resolved = [resolve_model_spec(x, s, data_root) for x in specs]
+            # rank 0 first: a zoo: spec may train the model into the shared store on first use
+            resolved = dist.main_first(lambda: [resolve_model_spec(x, s, data_root) for x in specs])
             pair = load_pair(*resolved, device=device)
             loaded[role] = PairInfo(pair, specs, (model_fingerprint(pair.generalist), model_fingerprint(pair.expert)))
             log.info("loaded %s pair %s (fingerprints %s)", role, specs, loaded[role].fingerprints)
@@ -241,19 +249,16 @@ def pair_loader(s: dict[str, Any], data_root: str, device: str) -> Callable[[str
     return get
 
 
-def _device(name: str) -> str:
-    import torch
+def _device(name: str, dist: Dist = SINGLE) -> str:
+    from .device import resolve_device
+    from .distributed import local_device
 
-    if name in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(local_device(resolve_device(name), dist))
 
 
 # -- the run ---------------------------------------------------------------------------------------
 def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate every pending cell of `cfg` into `run_dir` (default: Hydra's output dir); returns the summary."""
-    from .loggers import make_logger
-
     s = to_settings(cfg)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
@@ -261,54 +266,79 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     plan = build_plan(s)
+    from .distributed import init_from_env, shutdown
+
+    dist, created = init_from_env(_device(s.get("device", "auto")))  # torchrun: join the group (tcube.distributed)
+    try:
+        return _run(plan, s, run_dir, dist)
+    finally:
+        shutdown(created)
+
+
+def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, Any]:
+    from .loggers import make_logger
+
     for skip in plan.skipped:
         log.warning("skipping %s %s: %s", skip.protocol, skip.what, skip.reason)
     results = ResultsFile(run_dir / RESULTS_NAME)
-    results.repair()
-    groups = plan.groups(results.keys())
+
+    def done_keys() -> set[str]:  # rank 0 reads the file; every rank must skip the same cells
+        results.repair()
+        return results.keys()
+
+    groups = plan.groups(dist.from_main(done_keys))
     pending = sum(len(cells) for *_, cells in groups)
     log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
              results.path, pending)
-    logger = make_logger(s.get("logger") or {"name": "none"}, run_dir, s)
+    # only rank 0 writes; the other ranks compute their share of each cell and return rank 0's summary
+    logger = make_logger((s.get("logger") or {"name": "none"}) if dist.is_main else {"name": "none"}, run_dir, s)
     try:
         if groups:
-            evaluate(groups, plan, s, results, logger)
-        rows = rows_in(results.rows(), [c.key for c in plan.cells])
-        summary = write_outputs(rows, plan, s, run_dir, pending)
-        logger.log_summary(summary, rows)
+            evaluate(groups, plan, s, results, logger, dist)
+
+        def outputs() -> dict[str, Any]:
+            rows = rows_in(results.rows(), [c.key for c in plan.cells])
+            summary = write_outputs(rows, plan, s, run_dir, pending)
+            logger.log_summary(summary, rows)
+            return summary
+
+        summary = dist.from_main(outputs)
     finally:
         logger.finish()
     return summary
 
 
-def make_runner(part: Part, cache: LogitCache) -> CellRunner:
+def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunner:
     """The cell runner of one expert (its models load on first use)."""
     s, engine = part.settings, part.settings["engine"]
     return CellRunner(
-        pair_loader(s, str(part.primary.path.parent), _device(s.get("device", "auto"))), cache=cache,
+        pair_loader(s, str(part.primary.path.parent), _device(s.get("device", "auto"), dist), dist), cache=cache,
         engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
         text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
         batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
-        calibration_limit=s.get("calibration_limit"), primary=part.primary, progress=bool(s.get("progress", True)))
+        calibration_limit=s.get("calibration_limit"), primary=part.primary, progress=bool(s.get("progress", True)),
+        precision=s.get("precision", "fp32"), dist=dist)
 
 
 def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
-             logger) -> None:
+             logger, dist: Dist = SINGLE) -> None:
     """Compute the pending cells, appending each row as soon as it exists (a kill loses one cell at most)."""
     from tqdm import tqdm
 
     cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
     runner, runner_part = None, None
     computed: dict[str, tuple[str, dict]] = {}  # view_key -> (key, metrics) of the cell that computed it
-    with tqdm(total=sum(len(c) for *_, c in groups), desc="cells", disable=not s.get("progress", True)) as bar:
+    with tqdm(total=sum(len(c) for *_, c in groups), desc="cells",
+              disable=not (s.get("progress", True) and dist.is_main)) as bar:
         for part, es, cells in groups:
             if part != runner_part:  # one expert at a time: the previous one's models are released
-                runner, runner_part = make_runner(plan.parts[part], cache), part
+                runner, runner_part = make_runner(plan.parts[part], cache, dist), part
                 log.info("expert %d/%d: %s", part + 1, len(plan.parts), plan.parts[part].primary.name)
             def emit(cell: Cell, metrics: dict) -> None:
                 row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                results.append(row)
-                logger.log_row(row)
+                if dist.is_main:  # every rank holds the gathered metrics; one writes them
+                    results.append(row)
+                    logger.log_row(row)
                 bar.update()
 
             fresh = []

@@ -18,9 +18,11 @@ from torch import nn
 
 from . import coefficients as coef
 from . import merging
+from .device import to_device
 from .engines import TextHeads, make_engine, merged_logits
 from .models.checkpoints import check_compatible
 from .models.heads import tokenize_prompts, zero_shot_head
+from .precision import autocast, check_precision
 
 ENDPOINTS = ("generalist", "expert")
 STATIC = ("weight_average", "wise_ft", "task_arithmetic", "ties", "dare", "slerp")
@@ -102,15 +104,18 @@ class Merger:
 
     def __init__(self, generalist: nn.Module, expert: nn.Module, tokenizer: Callable, classnames: Sequence[str],
                  templates: Sequence[str] | None = None, *, engine: str = "fused", text_heads: str = "exact",
-                 grid_size: int = 33, engine_options: dict[str, Any] | None = None):
+                 grid_size: int = 33, engine_options: dict[str, Any] | None = None, precision: str = "fp32"):
         check_compatible(generalist.state_dict(), expert.state_dict(), "generalist and expert")
         self.generalist, self.expert = generalist.eval(), expert.eval()
         self.device = next(expert.parameters()).device
+        # model forwards only; λ, JS and weight interpolation stay fp32 (tcube.precision)
+        self.precision = check_precision(precision, self.device)
         self.tokenizer, self.classnames, self.templates = tokenizer, list(classnames), templates
         tokens, (n_classes, n_templates) = tokenize_prompts(tokenizer, classnames, templates)
         self.tokens = tokens.to(self.device)
-        self.head_gen = zero_shot_head(generalist, tokenizer, classnames, templates)
-        self.head_exp = zero_shot_head(expert, tokenizer, classnames, templates)
+        with self._autocast():
+            self.head_gen = zero_shot_head(generalist, tokenizer, classnames, templates)
+            self.head_exp = zero_shot_head(expert, tokenizer, classnames, templates)
         self.engine_name = engine
         self.engine = make_engine(engine, generalist, expert, **(engine_options or {}))
         self.heads = TextHeads(self.engine, self.tokens, n_classes, n_templates, mode=text_heads, grid_size=grid_size)
@@ -122,8 +127,13 @@ class Merger:
     # -- the two endpoints (also the JS pass) ------------------------------------------------------
     @torch.no_grad()
     def endpoint_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device)
-        return _plain_logits(self.generalist, self.head_gen, images), _plain_logits(self.expert, self.head_exp, images)
+        images = to_device(images, self.device)
+        with self._autocast():
+            return (_plain_logits(self.generalist, self.head_gen, images),
+                    _plain_logits(self.expert, self.head_exp, images))
+
+    def _autocast(self):
+        return autocast(self.device, self.precision)
 
     # -- one call for every method ------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +141,7 @@ class Merger:
         """Merged predictions for a batch. `endpoint_logits` may pass cached (gen, exp) logits."""
         p = check_params(method, params)
         check_images(images)
-        images = images.to(self.device)
+        images = to_device(images, self.device)
         logits_gen, logits_exp = endpoint_logits if endpoint_logits is not None else self.endpoint_logits(images)
         p_gen, p_exp = self._probs(logits_gen, logits_exp, p["calibrate_temperature"])
         js = coef.js_divergence(p_gen, p_exp)
@@ -151,8 +161,9 @@ class Merger:
             if method == "wise_ft_cal":
                 used = self._calibrated("wise_ft_cal")
                 method, p = "wise_ft", {**p, **used}
-            model, head = self._static_model(method, p)
-            logits = _plain_logits(model, head, images)
+            model, head = self._static_model(method, p)  # merged in fp32, outside autocast
+            with self._autocast():
+                logits = _plain_logits(model, head, images)
             lam = constant(_static_lambda(method, p))
             used = used or {k: p[k] for k in METHOD_PARAMS[method]}
         else:
@@ -168,7 +179,8 @@ class Merger:
                 used = used or {k: p[k] for k in ("gamma", "lambda_min", "lambda_max", "tau")}
                 if method == "t3_batch":
                     lam = coef.t3_batch_lambda(lam)
-            logits, lam = merged_logits(self.engine, images, lam.float(), self.heads)
+            with self._autocast():  # λ above was computed in fp32 from fp32 probabilities
+                logits, lam = merged_logits(self.engine, images, lam.float(), self.heads)
         probs = logits.softmax(-1)
         return MergeOutput(logits, probs, probs.argmax(-1), lam, js, used)
 
@@ -187,7 +199,9 @@ class Merger:
             }[method]()
             model = copy.deepcopy(self.expert)
             model.load_state_dict(state)
-            self._static[key] = (model.eval(), zero_shot_head(model, self.tokenizer, self.classnames, self.templates))
+            with self._autocast():
+                head = zero_shot_head(model, self.tokenizer, self.classnames, self.templates)
+            self._static[key] = (model.eval(), head)
         return self._static[key]
 
     def _probs(self, logits_gen, logits_exp, calibrated: bool):
@@ -257,6 +271,7 @@ def _static_lambda(method: str, p: dict[str, Any]) -> float:
 
 def _plain_logits(model: nn.Module, head: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     img = F.normalize(model.encode_image(images).float(), dim=-1)
-    logits = model.logit_scale.detach().float().exp() * img @ head.to(img.device).T
+    with torch.autocast(img.device.type, enabled=False):  # the cosine logits stay fp32 under mixed precision
+        logits = model.logit_scale.detach().float().exp() * img @ head.to(img.device).float().T
     bias = getattr(model, "logit_bias", None)
     return logits if bias is None else logits + bias.detach().float()

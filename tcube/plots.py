@@ -135,8 +135,98 @@ def routing_auroc(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def headline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean top-1 (%) of the clean cells, method × protocol (methods in tcube's order)."""
+    clean = df[df["severity"].fillna(0) == 0]
+    table = clean.pivot_table(index="method", columns="protocol", values="top1", aggfunc="mean")
+    return table.reindex([m for m in _ordered_methods(clean) if m in table.index])
+
+
+def accuracy_vs_severity(df: pd.DataFrame) -> Figure:
+    """Mean top-1 per corruption severity (0 = the clean set), one line per method."""
+    corr = df[df["protocol"] == "corruption"]
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for method in _ordered_methods(corr) if not corr.empty else []:
+        curve = corr[corr["method"] == method].groupby("severity")["top1"].mean()
+        ax.plot(curve.index, curve.values, marker="o", label=method, ls="--" if method not in DYNAMIC else "-")
+    ax.set_xlabel("corruption severity (0 = clean)")
+    ax.set_ylabel("top-1 (%), mean over corruptions")
+    ax.set_title("Accuracy against corruption severity")
+    if ax.has_data():
+        ax.legend(fontsize="small", ncol=2)
+    return fig
+
+
+def lambda_distribution(df: pd.DataFrame) -> Figure:
+    """Spread of λ (weight on the generalist) per protocol: one box per (protocol, sample-wise method).
+
+    Each value is one cell's mean λ (results.jsonl keeps per-cell λ mean/std, not per-image λ), so a box
+    shows how λ moves across datasets, corruptions and severities within a protocol.
+    """
+    rows = df[df["method"].isin(DYNAMIC) & df["lambda_mean"].notna()]
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    protocols = sorted(rows["protocol"].unique()) if not rows.empty else []
+    methods = [m for m in DYNAMIC if m in set(rows["method"])]
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        data = [rows[(rows["protocol"] == p) & (rows["method"] == method)]["lambda_mean"].to_numpy() for p in protocols]
+        keep = [i for i, d in enumerate(data) if len(d)]
+        if not keep:
+            continue
+        box = ax.boxplot([data[i] for i in keep], positions=[i + (k - (len(methods) - 1) / 2) * width for i in keep],
+                         widths=width * 0.9, patch_artist=True, manage_ticks=False)
+        for patch in box["boxes"]:
+            patch.set_facecolor(f"C{k}")
+        ax.plot([], [], color=f"C{k}", lw=6, label=method)  # legend handle
+    ax.set_xticks(range(len(protocols)), protocols)
+    ax.set_ylabel("λ per cell (mean over its images)")
+    ax.set_title("λ distribution per protocol")
+    if methods:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def tradeoff(df: pd.DataFrame) -> Figure:
+    """Per expert modality: in-domain top-1 (x) against mean novel-modality top-1 (y), one marker per method.
+
+    In-domain = protocol in_domain (else base_to_novel's base role); novel = base_to_novel split=modality,
+    role novel, averaged over the novel datasets. Upper right is better on both.
+    """
+    clean = df[df["severity"].fillna(0) == 0].copy()
+    clean["expert"] = clean.get("expert_data", "expert")  # rows before data=all existed name no expert
+    clean["expert"] = clean["expert"].fillna("expert")
+    b2n = clean[(clean["protocol"] == "base_to_novel") & (clean.get("split", "") == "modality")]
+    ind = clean[clean["protocol"] == "in_domain"]
+    if ind.empty and not b2n.empty:
+        ind = b2n[b2n["role"] == "base"]
+    x = ind.groupby(["expert", "method"])["top1"].mean()
+    y = b2n[b2n["role"] == "novel"].groupby(["expert", "method"])["top1"].mean() if not b2n.empty else x.iloc[:0]
+    both = pd.concat({"in_domain": x, "novel": y}, axis=1).dropna()
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    experts = sorted(both.index.get_level_values("expert").unique()) if not both.empty else []
+    markers = "osD^vP*X"
+    for k, method in enumerate(_ordered_methods(both.reset_index()) if not both.empty else []):
+        sub = both.xs(method, level="method")
+        for expert, (xi, yi) in sub.iterrows():
+            ax.scatter(xi, yi, color=f"C{k % 10}", marker=markers[experts.index(expert) % len(markers)], s=40,
+                       label=method if expert == sub.index[0] else None)
+    for j, expert in enumerate(experts):  # marker legend entries: which shape is which expert
+        ax.scatter([], [], color="k", marker=markers[j % len(markers)], label=f"expert: {expert}")
+    ax.set_xlabel("in-domain top-1 (%)")
+    ax.set_ylabel("novel-modality top-1 (%), mean")
+    ax.set_title("In-domain vs novel trade-off per expert modality")
+    if experts:
+        ax.legend(fontsize="x-small", ncol=2)
+    return fig
+
+
 PLOTS = {"accuracy_by_method": accuracy_by_method, "mce_by_method": mce_by_method,
-         "lambda_vs_severity": lambda_vs_severity, "lambda_vs_js": lambda_vs_js, "routing_auroc": routing_auroc}
+         "lambda_vs_severity": lambda_vs_severity, "lambda_vs_js": lambda_vs_js, "routing_auroc": routing_auroc,
+         "accuracy_vs_severity": accuracy_vs_severity, "lambda_distribution": lambda_distribution,
+         "tradeoff": tradeoff}
 
 
 def save_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:

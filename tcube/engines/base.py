@@ -48,8 +48,9 @@ def merged_logits(engine: Engine, images: torch.Tensor, lam: torch.Tensor, heads
     """
     lam = engine.effective_lambdas(lam)
     img = F.normalize(engine.image_features(images, lam).float(), dim=-1)
-    head = heads(lam)  # [B, C, E]
-    logits = engine.logit_scale(lam).float().unsqueeze(1) * torch.einsum("be,bce->bc", img, head)
+    head = heads(lam).float()  # [B, C, E]
+    with torch.autocast(img.device.type, enabled=False):  # the cosine logits stay fp32 under mixed precision
+        logits = engine.logit_scale(lam).float().unsqueeze(1) * torch.einsum("be,bce->bc", img, head)
     bias = engine.logit_bias(lam)
     if bias is not None:
         logits = logits + bias.float().unsqueeze(1)

@@ -25,7 +25,9 @@ from ..calibration import temperature_report
 from ..data.corruptions import corrupt
 from ..data.files import file_md5
 from ..data.npz import NpzDataset
+from ..device import pin
 from ..diagnostics import routing_diagnostics
+from ..distributed import SINGLE, Dist
 from ..methods import Merger
 from ..metrics import balanced_accuracy, top1
 from ..models.loading import ModelPair
@@ -70,7 +72,7 @@ class CellRunner:
                  engine_options: dict[str, Any] | None = None, text_heads: str = "exact", grid_size: int = 33,
                  batch_size: int = 64, limit: int | None = None, seed: int = 0, calibration: str = "own",
                  calibration_limit: int | None = None, primary: DataRef | None = None, progress: bool = True,
-                 max_mergers: int = 2):
+                 max_mergers: int = 2, precision: str = "fp32", dist: Dist = SINGLE):
         if calibration not in ("own", "expert"):
             raise ValueError(f"calibration must be 'own' or 'expert', got {calibration!r}")
         self.pairs, self.cache = pairs, cache
@@ -78,7 +80,8 @@ class CellRunner:
         self.text_heads, self.grid_size = text_heads, grid_size
         self.batch_size, self.limit, self.seed = int(batch_size), limit, int(seed)
         self.calibration_limit = calibration_limit
-        self.calibration, self.primary, self.progress = calibration, primary, progress
+        self.calibration, self.primary, self.progress = calibration, primary, progress and dist.is_main
+        self.precision, self.dist = precision, dist  # dist: which block of each cell's batches is ours
         self._arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._mergers: OrderedDict[tuple, tuple[Merger, set]] = OrderedDict()
         self._max_mergers = max_mergers
@@ -97,13 +100,18 @@ class CellRunner:
         return min(caps) if caps else None
 
     def load_view(self, data: DataRef, split: str, classes: Sequence[int] | None, preprocess: Callable,
-                  corruption: str | None = None, severity: int = 0, limit: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed images [N, 3, H, W] and labels in the label space of `classes` (at most cap(limit))."""
+                  corruption: str | None = None, severity: int = 0, limit: int | None = None,
+                  positions: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images [N, 3, H, W] and labels in the label space of `classes` (at most cap(limit)).
+
+        `positions` keeps only that block of the selected images (a data-parallel rank's share).
+        """
         images, labels = self._split_arrays(data, split)
         idx = select_indices(labels, classes, self.cap(limit), self.seed)
         if len(idx) == 0:
             raise ValueError(f"{data.name} {split}: no images of classes {classes}")
+        if positions is not None:
+            idx = idx[positions]
         n_classes = data.spec.num_classes
         if labels.max(initial=0) >= n_classes:
             raise ValueError(f"{data.path} has label {labels.max()} but {data.name} lists {n_classes} classes "
@@ -115,8 +123,12 @@ class CellRunner:
             if corruption is not None:  # native size, before preprocessing; seeded by the image's own index
                 img = corrupt(img, corruption, severity, seed=self.seed, index=int(i), dataset=data.spec)
             out.append(preprocess(Image.fromarray(img).convert("RGB")))
-        y = labels[idx] if lut is None else np.array([lut[int(v)] for v in labels[idx]])
-        return torch.stack(out), torch.as_tensor(y, dtype=torch.long)
+        y = labels[idx] if lut is None else np.array([lut[int(v)] for v in labels[idx]], dtype=np.int64)
+        return (torch.stack(out) if out else torch.empty(0)), torch.as_tensor(y.reshape(-1), dtype=torch.long)
+
+    def view_size(self, data: DataRef, split: str, classes: Sequence[int] | None, limit: int | None = None) -> int:
+        """How many images load_view selects (without loading them)."""
+        return len(select_indices(self._split_arrays(data, split)[1], classes, self.cap(limit), self.seed))
 
     # -- models -----------------------------------------------------------------------------------
     def _merger(self, role: str, info: PairInfo, data: DataRef, classes) -> tuple[Merger, set]:
@@ -127,7 +139,8 @@ class CellRunner:
             return self._mergers[key]
         p = info.pair
         merger = Merger(p.generalist, p.expert, p.tokenizer, descriptions, templates, engine=self.engine,
-                        text_heads=self.text_heads, grid_size=self.grid_size, engine_options=self.engine_options)
+                        text_heads=self.text_heads, grid_size=self.grid_size, engine_options=self.engine_options,
+                        precision=self.precision)
         self._mergers[key] = (merger, set())  # the set remembers which calibration state is loaded
         while len(self._mergers) > self._max_mergers:
             self._mergers.popitem(last=False)
@@ -140,24 +153,33 @@ class CellRunner:
                 "dataset": data.name, "file_md5": file_md5(data.path), "split": split,
                 "classes": list(classes) if classes is not None else None, "corruption": corruption,
                 "severity": severity, "descriptions": descriptions, "templates": templates, "limit": self.cap(limit),
-                "seed": self.seed, "preprocess": repr(info.pair.preprocess)}
+                "seed": self.seed, "preprocess": repr(info.pair.preprocess),
+                **({"precision": self.precision} if self.precision != "fp32" else {})}  # fp32 keys unchanged
 
     @torch.no_grad()
-    def _endpoints(self, merger: Merger, images: torch.Tensor, fields: dict):
-        """(generalist logits, expert logits, seconds spent computing them, cache hit?) on CPU."""
+    def _endpoints(self, merger: Merger, images: torch.Tensor, fields: dict, n_total: int):
+        """(generalist logits, expert logits, seconds spent computing them, cache hit?) on CPU, all n_total rows.
+
+        `images` is this rank's block; the blocks' logits are gathered. Every rank must agree on the
+        cache hit (else some would wait in the gather forever), and only rank 0 writes the file.
+        """
         key = cache_key(fields)
         hit = self.cache.load_logits(key)
-        if hit is not None and hit[0].shape[0] == images.shape[0]:
+        if self.dist.all_true(hit is not None and hit[0].shape[0] == n_total):
             return hit[0], hit[1], 0.0, True
         start = time.perf_counter()
         gen, exp = [], []
-        for x in tqdm(images.split(self.batch_size), desc="endpoints", leave=False, disable=not self.progress):
+        batches = images.split(self.batch_size) if len(images) else []
+        for x in tqdm(batches, desc="endpoints", leave=False, disable=not self.progress):
             g, e = merger.endpoint_logits(x)
             gen.append(g.float().cpu())
             exp.append(e.float().cpu())
-        gen, exp = torch.cat(gen), torch.cat(exp)
-        seconds = time.perf_counter() - start
-        self.cache.save_logits(key, gen, exp, fields)
+        blocks = self.dist.gather((gen, exp))
+        gen = torch.cat([g for rank_gen, _ in blocks for g in rank_gen])
+        exp = torch.cat([e for _, rank_exp in blocks for e in rank_exp])
+        seconds = max(self.dist.gather(time.perf_counter() - start))
+        if self.dist.is_main:
+            self.cache.save_logits(key, gen, exp, fields)
         return gen, exp, seconds, False
 
     def _calibrate(self, es: EvalSet, info: PairInfo, merger: Merger, loaded: set) -> dict[str, Any]:
@@ -175,18 +197,24 @@ class CellRunner:
                   "engine": self.engine, "engine_options": self.engine_options, "text_heads": self.text_heads,
                   "grid_size": self.grid_size, "code": _calibration_fingerprint()}
         key = cache_key(fields)
-        if key in loaded:
+        if key in loaded and not self.dist.active:
             return fields
-        state = self.cache.load_json(key)
-        if state is None:
-            images, labels = self.load_view(data, "val", classes, info.pair.preprocess,
-                                            limit=self.calibration_limit)
-            same_space = data.name == es.data.name and classes == es.classes
-            source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
-            source.calibrate(images, labels, batch_size=self.batch_size)
-            state = source.calibration_state()
-            self.cache.save_json(key, _jsonable(state), fields)
-        merger.load_calibration_state(state)
+
+        def choose() -> dict[str, Any]:  # on rank 0 only: the other ranks receive its choice
+            if key in loaded:
+                return merger.calibration_state()
+            state = self.cache.load_json(key)
+            if state is None:
+                images, labels = self.load_view(data, "val", classes, info.pair.preprocess,
+                                                limit=self.calibration_limit)
+                same_space = data.name == es.data.name and classes == es.classes
+                source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
+                source.calibrate(images, labels, batch_size=self.batch_size)
+                state = source.calibration_state()
+                self.cache.save_json(key, _jsonable(state), fields)
+            return state
+
+        merger.load_calibration_state(self.dist.from_main(choose))
         loaded.clear()
         loaded.add(key)
         return fields
@@ -196,10 +224,14 @@ class CellRunner:
         """Yield (variant, metrics) for each variant on `es`, as each finishes."""
         info = self.pairs(es.expert)
         merger, loaded = self._merger(es.expert, info, es.data, es.classes)
+        n_total = self.view_size(es.data, "test", es.classes, es.limit)
+        block = self.dist.batch_block(n_total, self.batch_size)  # everything when not distributed
         images, labels = self.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
-                                        es.severity, es.limit)
+                                        es.severity, es.limit, positions=block)
+        images = pin(images, merger.device)  # batches split from it stay pinned for non-blocking copies
+        labels = torch.cat(self.dist.gather(labels))
         fields = self._view_fields(info, es.data, "test", es.classes, es.corruption, es.severity, es.limit)
-        gen, exp, endpoint_seconds, cache_hit = self._endpoints(merger, images, fields)
+        gen, exp, endpoint_seconds, cache_hit = self._endpoints(merger, images, fields, n_total)
         n_classes = gen.shape[1]
         calibration = None
         # per eval set, from labels and endpoints only: the floor to beat and who is right where (diagnostics)
@@ -210,7 +242,8 @@ class CellRunner:
                 calibration = self._calibrate(es, info, merger, loaded)
             start = time.perf_counter()
             preds, lams, jss, used = [], [], [], {}
-            batches = zip(images.split(self.batch_size), gen.split(self.batch_size), exp.split(self.batch_size))
+            batches = zip(images.split(self.batch_size), gen[block].split(self.batch_size),
+                          exp[block].split(self.batch_size)) if len(images) else []
             for x, g, e in tqdm(batches, desc=variant.method, leave=False, disable=not self.progress,
                                 total=-(-len(images) // self.batch_size)):
                 out = merger.predict(x, variant.method, endpoint_logits=(g.to(merger.device), e.to(merger.device)),
@@ -219,7 +252,8 @@ class CellRunner:
                 lams.append(out.lambdas.float().cpu())
                 jss.append(out.js.float().cpu())
                 used = out.params
-            seconds = time.perf_counter() - start
+            preds, lams, jss, used, seconds = _merge_blocks(
+                self.dist.gather((preds, lams, jss, used, time.perf_counter() - start)))
             preds, lam, js = torch.cat(preds), torch.cat(lams), torch.cat(jss)
             finite = lam[torch.isfinite(lam)]
             metrics = {
@@ -265,6 +299,16 @@ def _ece(merger: Merger, gen: torch.Tensor, exp: torch.Tensor, labels: torch.Ten
     temps = dict(zip(("generalist", "expert"), merger.temperatures))
     return {"val": _jsonable(merger.calibration_report),
             "test": temperature_report({"generalist": gen, "expert": exp}, labels, temps)}
+
+
+def _merge_blocks(blocks: list[tuple]) -> tuple:
+    """Rank-ordered (preds, λ, JS) batch lists concatenated; `params` of the last batch, as one process reports;
+    the slowest rank's seconds."""
+    preds = [p for b in blocks for p in b[0]]
+    lams = [x for b in blocks for x in b[1]]
+    jss = [x for b in blocks for x in b[2]]
+    used = next((b[3] for b in reversed(blocks) if b[0]), {})
+    return preds, lams, jss, used, max(b[4] for b in blocks)
 
 
 def _jsonable(value: Any) -> Any:
