@@ -149,6 +149,7 @@ def test_smoke_pair_loads_and_merges_real_images(smoke_zoo):
 @needs_data
 def test_manifest_records_data_recipe_and_lineage(smoke_zoo):
     from tcube.data import file_md5
+    from tcube.zoo.train import training_device
 
     gen, exp = (read_manifest(_folder(s)) for s in (smoke_zoo.gen_spec, smoke_zoo.exp_spec))
     assert set(gen["trained_on"]) == set(ZOO_FILES) and list(exp["trained_on"]) == ["breastmnist"]
@@ -159,6 +160,7 @@ def test_manifest_records_data_recipe_and_lineage(smoke_zoo):
         assert m["seed"] == 0 and m["profile"] == "smoke" and m["recipe_digest"] == get_recipe("smoke").digest()
         assert set(d for d in m["val"] if ":" not in d) == set(ZOO_FILES)
         assert 0 <= m["val"]["breastmnist"]["top1"] <= 100 and m["versions"]["torch"] == torch.__version__
+        assert m["training"]["device"] == str(training_device())              # CPU here; a GPU when visible
     assert exp["parent"]["weights_sha256"] == gen["weights_sha256"]
     recipe = get_recipe("smoke")
     assert (gen["training"]["steps"], exp["training"]["steps"]) == (recipe.generalist.steps, recipe.expert.steps)

@@ -125,7 +125,7 @@ def train_model(key: ModelKey, recipe: Recipe, seed: int, data_root, generalist=
     """(trained model, TrainLog, training splits) for `key`; experts start from `generalist`."""
     from tcube.models import tokenizer_for
 
-    from .train import new_expert, new_generalist, train_clip
+    from .train import new_expert, new_generalist, train_clip, training_device
 
     splits = training_splits(key, recipe, data_root)
     if key.kind == GENERALIST:
@@ -137,9 +137,11 @@ def train_model(key: ModelKey, recipe: Recipe, seed: int, data_root, generalist=
         stage = recipe.base_expert if key.kind == "base_expert" else recipe.expert
     log.info("training %s on %s (%s steps)", key.name, [s.dataset for s in splits],
              stage.num_steps(sum(len(s) for s in splits)))
-    train_log = train_clip(model, tokenizer_for(recipe.model_cfg), splits, stage, preprocess_cfg=recipe.preprocess_cfg,
-                           seed=train_seed(seed, key.name), desc=key.name, progress=progress)
-    return model, train_log, splits
+    device = training_device()
+    train_log = train_clip(model.to(device), tokenizer_for(recipe.model_cfg), splits, stage,
+                           preprocess_cfg=recipe.preprocess_cfg, seed=train_seed(seed, key.name), desc=key.name,
+                           progress=progress)
+    return model.cpu(), train_log, splits
 
 
 def _train_and_publish(key: ModelKey, recipe: Recipe, seed: int, data_root, final: Path,
@@ -171,6 +173,7 @@ def _train_and_publish(key: ModelKey, recipe: Recipe, seed: int, data_root, fina
             "epochs_equivalent": {s.dataset: round(train_log.samples[s.dataset] / len(s), 2) for s in splits},
             "loss": train_log.summary(), "logit_scale": train_log.logit_scale,
             "train_seconds": round(train_log.seconds, 1), "threads": torch.get_num_threads(),
+            "device": train_log.device,
         },
         "val": val,
         "versions": _versions(),

@@ -22,6 +22,17 @@ from .recipe import Recipe, Stage
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp
 
 
+def training_device() -> torch.device:
+    """A GPU when one is visible (never required); TCUBE_ZOO_DEVICE=cpu|cuda|cuda:N overrides.
+
+    Weights are reproducible per device kind: a GPU-trained zoo differs from a CPU-trained one, which
+    is why the manifest records the device.
+    """
+    import os
+
+    return torch.device(os.environ.get("TCUBE_ZOO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 @contextlib.contextmanager
 def deterministic(seed: int) -> Iterator[None]:
     """Seed torch and force deterministic kernels, restoring the caller's RNG and flags afterwards."""
@@ -133,6 +144,7 @@ class TrainLog:
     losses: list[float] = field(repr=False)
     samples: dict[str, int]
     logit_scale: dict[str, float]
+    device: str = "cpu"
 
     def summary(self, n_points: int = 20) -> dict[str, Any]:
         n = len(self.losses)
@@ -154,7 +166,8 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
 
     total = stage.num_steps(sum(len(s) for s in splits))
     generator = torch.Generator().manual_seed(seed)
-    tokens = torch.cat([tokenizer(s.captions) for s in splits])
+    device = next(model.parameters()).device  # batches are drawn and augmented on the CPU (seeded), then moved
+    tokens = torch.cat([tokenizer(s.captions) for s in splits]).to(device)
     shapes = [(len(s.descriptions), len(s.templates)) for s in splits]
     sizes = [len(s) for s in splits]
     if not stage.balanced and len(splits) > 1:
@@ -174,6 +187,7 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
             labels = torch.cat([s.labels[i] for s, i in zip(splits, picks)])
             if stage.augment is not None:
                 pixels = augment_batch(pixels, stage.augment, generator)
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             bounds = torch.tensor([0] + [len(i) for i in picks]).cumsum(0).tolist()
             groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
             factor = lr_factor(step, total, stage)
@@ -199,7 +213,8 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
     model.eval()
     return TrainLog(total, stage.batch_size, time.perf_counter() - start, losses,
                     {s.dataset: n for s, n in zip(splits, seen)},
-                    {"init": round(scale_init, 4), "final": round(float(model.logit_scale.detach().exp()), 4)})
+                    {"init": round(scale_init, 4), "final": round(float(model.logit_scale.detach().exp()), 4)},
+                    str(device))
 
 
 def new_generalist(recipe: Recipe, seed: int) -> nn.Module:
