@@ -158,14 +158,10 @@ class Merger:
         elif method == "ensemble":
             logits, lam = ((p_gen + p_exp) / 2).clamp_min(1e-30).log(), constant(0.5)
         elif method in STATIC or method == "wise_ft_cal":
-            if method == "wise_ft_cal":
-                used = self._calibrated("wise_ft_cal")
-                method, p = "wise_ft", {**p, **used}
-            model, head = self._static_model(method, p)  # merged in fp32, outside autocast
+            (model, head), method, p, used = self._resolve_static(method, p)  # merged in fp32, outside autocast
             with self._autocast():
                 logits = _plain_logits(model, head, images)
             lam = constant(_static_lambda(method, p))
-            used = used or {k: p[k] for k in METHOD_PARAMS[method]}
         else:
             if method == "t3_cal":
                 used = self._calibrated("t3_cal")
@@ -185,6 +181,25 @@ class Merger:
         return MergeOutput(logits, probs, probs.argmax(-1), lam, js, used)
 
     # -- static merges ------------------------------------------------------------------------------
+    def static_model(self, method: str, **params) -> tuple[nn.Module, dict[str, Any]] | None:
+        """(merged model, parameters used) of a method with one fixed merge; None for the others.
+
+        Lets a caller notice that two methods merge to the same weights (e.g. weight_average and
+        wise_ft at α = 0.5, bit for bit) and predict once.
+        """
+        if method not in STATIC and method != "wise_ft_cal":
+            return None
+        (model, _), _, _, used = self._resolve_static(method, check_params(method, params))
+        return model, used
+
+    def _resolve_static(self, method: str, p: dict[str, Any]):
+        """((model, head), method merged, its parameters, parameters to report); wise_ft_cal is a wise_ft."""
+        used = {}
+        if method == "wise_ft_cal":
+            used = self._calibrated("wise_ft_cal")
+            method, p = "wise_ft", {**p, **used}
+        return self._static_model(method, p), method, p, used or {k: p[k] for k in METHOD_PARAMS[method]}
+
     def _static_model(self, method: str, p: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
         key = (method,) + tuple(p[k] for k in METHOD_PARAMS[method])
         if key not in self._static:

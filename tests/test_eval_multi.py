@@ -62,7 +62,7 @@ def multi_run(tmp_path_factory, clip_pair, partial_root):
                    f"model.expert='local-dir:{root}/experts/{{dataset}}'", "model.expert_base=null", "data=all",
                    f"data.root={partial_root}", "protocol=all", "protocol.split=modality",
                    "protocol.corruptions=[pixelate]", "protocol.severities=[1]", "protocol.limit=5", "limit=12",
-                   "method=all", "method.methods=[t3,wise_ft]", f"cache_dir={env['cache']}", "progress=false",
+                   "method=all", "method.methods=[t3,wise_ft,weight_average]", f"cache_dir={env['cache']}", "progress=false",
                    "device=cpu", "batch_size=8", "plots=false"])
     run_dir = root / "run"
     summary = run(cfg, run_dir)
@@ -93,9 +93,23 @@ def test_views_shared_by_protocols_are_computed_once(multi_run):
     by_key = {r["key"]: r for r in rows}
     copies = [r for r in rows if r.get("same_as")]
     assert {(r["protocol"], r["role"]) for r in copies} == {("base_to_novel", "base")}
-    assert len(copies) == len(FOUND) * 4                                           # generalist, expert, t3, wise_ft
+    assert len(copies) == len(FOUND) * 5                               # generalist, expert, t3, wise_ft, weight_average
     for r in copies:
         source = by_key[r["same_as"]]
         assert source["protocol"] == "in_domain" and r["key"] != source["key"]
         assert (r["correct"], r["top1"], r["js_per_image"]) == (source["correct"], source["top1"],
                                                                source["js_per_image"])
+
+
+def test_bit_identical_merges_share_one_pass(multi_run):
+    """weight_average and wise_ft at α = 0.5 merge to the same bits: one pass, the same predictions."""
+    _, rows = multi_run
+    views = {}
+    for r in rows:
+        views.setdefault((r["expert_data"], r["protocol"], r["dataset"], r["corruption"]), {})[r["method"]] = r
+    for view in views.values():
+        wa, wise = view["weight_average"], view["wise_ft"]
+        assert wise["same_weights_as"] is None and wa["same_weights_as"] == "wise_ft"
+        assert wa["correct"] == wise["correct"] and wa["lambda_mean"] == wise["lambda_mean"] == 0.5
+        assert wa["params"] == {} and wise["params"] == {"alpha": 0.5}
+        assert view["t3"]["same_weights_as"] is None

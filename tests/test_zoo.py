@@ -200,3 +200,22 @@ def test_training_is_deterministic(smoke_zoo):
         assert state.keys() == stored[name].keys()
         assert all(torch.equal(state[k], stored[name][k]) for k in state), f"{name} is not bit-identical"
     assert not torch.equal(other.state_dict()["visual.proj"], stored["generalist"]["visual.proj"])
+
+
+@needs_data
+def test_eval_runs_end_to_end_on_the_smoke_zoo(smoke_zoo, tmp_path):
+    """`model=zoo` resolves `zoo:expert-{dataset}` to the smoke zoo's BreastMNIST expert (no retraining)."""
+    from eval_support import compose
+
+    from tcube.eval import run
+
+    n_calls = len(smoke_zoo.calls)
+    summary = run(compose(["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={DATA}",
+                           "protocol=in_domain", "method=all", "method.methods=[t3,t3_batch]", "limit=16",
+                           f"cache_dir={tmp_path / 'cache'}", "progress=false", "plots=false", "device=cpu"]),
+                  tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["generalist", "expert", "t3", "t3_batch"]
+    assert all(r["expert"] == "zoo:expert-breastmnist" and r["zoo_profile"] == "smoke" and r["n"] == 16 for r in rows)
+    assert len(smoke_zoo.calls) == n_calls                                   # the trained pair was reused
+    assert summary["protocols"]["in_domain"]["top1"]["t3"] is not None

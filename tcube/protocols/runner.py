@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import methods as methods_module
-from ..cache import LogitCache, cache_key
+from ..cache import LogitCache, cache_key, model_fingerprint
 from ..calibration import temperature_report
 from ..data.corruptions import corrupt
 from ..data.files import file_md5
@@ -85,6 +86,7 @@ class CellRunner:
         self._arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._mergers: OrderedDict[tuple, tuple[Merger, set]] = OrderedDict()
         self._max_mergers = max_mergers
+        self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- data -------------------------------------------------------------------------------------
     def _split_arrays(self, data: DataRef, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +221,30 @@ class CellRunner:
         loaded.add(key)
         return fields
 
+    def _weights_fingerprint(self, model: torch.nn.Module) -> str:
+        if model not in self._fingerprints:  # weakly keyed: forgotten with the Merger that owns the model
+            self._fingerprints[model] = model_fingerprint(model)
+        return self._fingerprints[model]
+
+    def _merged_pass(self, merger: Merger, variant: Variant, images: torch.Tensor, gen: torch.Tensor,
+                     exp: torch.Tensor) -> tuple:
+        """(preds, λ, JS, parameters used, seconds) of one method over this rank's block, gathered."""
+        start = time.perf_counter()
+        preds, lams, jss, used = [], [], [], {}
+        batches = zip(images.split(self.batch_size), gen.split(self.batch_size),
+                      exp.split(self.batch_size)) if len(images) else []
+        for x, g, e in tqdm(batches, desc=variant.method, leave=False, disable=not self.progress,
+                            total=-(-len(images) // self.batch_size)):
+            out = merger.predict(x, variant.method, endpoint_logits=(g.to(merger.device), e.to(merger.device)),
+                                 **variant.kwargs)
+            preds.append(out.preds.cpu())
+            lams.append(out.lambdas.float().cpu())
+            jss.append(out.js.float().cpu())
+            used = out.params
+        preds, lams, jss, used, seconds = _merge_blocks(
+            self.dist.gather((preds, lams, jss, used, time.perf_counter() - start)))
+        return torch.cat(preds), torch.cat(lams), torch.cat(jss), used, seconds
+
     # -- the cells --------------------------------------------------------------------------------
     def run(self, es: EvalSet, variants: Sequence[Variant]) -> Iterator[tuple[Variant, dict[str, Any]]]:
         """Yield (variant, metrics) for each variant on `es`, as each finishes."""
@@ -237,24 +263,19 @@ class CellRunner:
         # per eval set, from labels and endpoints only: the floor to beat and who is right where (diagnostics)
         majority = majority_baseline(labels.numpy())
         gen_ok, exp_ok = (gen.argmax(-1) == labels).numpy(), (exp.argmax(-1) == labels).numpy()
+        same_weights: dict[str, tuple] = {}  # merged weights' fingerprint -> (preds, λ, JS) already computed
         for variant in variants:
             if variant.needs_calibration:
                 calibration = self._calibrate(es, info, merger, loaded)
-            start = time.perf_counter()
-            preds, lams, jss, used = [], [], [], {}
-            batches = zip(images.split(self.batch_size), gen[block].split(self.batch_size),
-                          exp[block].split(self.batch_size)) if len(images) else []
-            for x, g, e in tqdm(batches, desc=variant.method, leave=False, disable=not self.progress,
-                                total=-(-len(images) // self.batch_size)):
-                out = merger.predict(x, variant.method, endpoint_logits=(g.to(merger.device), e.to(merger.device)),
-                                     **variant.kwargs)
-                preds.append(out.preds.cpu())
-                lams.append(out.lambdas.float().cpu())
-                jss.append(out.js.float().cpu())
-                used = out.params
-            preds, lams, jss, used, seconds = _merge_blocks(
-                self.dist.gather((preds, lams, jss, used, time.perf_counter() - start)))
-            preds, lam, js = torch.cat(preds), torch.cat(lams), torch.cat(jss)
+            static = merger.static_model(variant.method, **variant.kwargs)
+            weights = self._weights_fingerprint(static[0]) if static else None
+            shared_with = None
+            if weights in same_weights:  # identical weights predict identically: skip the pass
+                (preds, lam, js, shared_with), used, seconds = same_weights[weights], static[1], 0.0
+            else:
+                preds, lam, js, used, seconds = self._merged_pass(merger, variant, images, gen[block], exp[block])
+                if weights is not None:
+                    same_weights[weights] = (preds, lam, js, variant.method)
             finite = lam[torch.isfinite(lam)]
             metrics = {
                 "n": int(labels.numel()), "num_classes": int(n_classes),
@@ -265,6 +286,7 @@ class CellRunner:
                 "majority_top1": majority,
                 "diagnostics": routing_diagnostics(js.numpy(), lam.numpy(), gen_ok, exp_ok),
                 "seconds": seconds, "endpoint_seconds": endpoint_seconds,
+                "same_weights_as": shared_with,  # a method merging to bit-identical weights ran the pass
                 "cached_endpoints": cache_hit,
                 "params": _jsonable(used),
                 "calibration": ({"dataset": calibration["dataset"], "split": "val", "classes": calibration["classes"],
