@@ -21,6 +21,10 @@ from .scores import averaged, cell_id, scores_for
 
 SETTING_FIELDS = ("seed", "limit", "engine", "engine_options", "generalist", "expert", "expert_data", "protocol",
                   "calibration", "zoo_profile")
+# Per expert modality, the scores that say whether the premise holds (expert wins in-domain, generalist
+# wins on novel modalities / classes and under corruption) and where the merges land.
+PER_EXPERT = ("in_domain: top-1", "base_to_novel: modality novel mean", "base_to_novel: class HM",
+              "corruption: mean corrupted", "corruption: mCE")
 
 
 @dataclass
@@ -38,6 +42,8 @@ def run_settings(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             if k in r:
                 values.setdefault(k, set()).add(json.dumps(r[k], sort_keys=True))
         for k, v in (r.get("config_params") or {}).items():
+            if k == "seed":  # DARE's drop seed follows the run's seed (method.seed: ${seed}): not a setting
+                continue
             values.setdefault(f"{r['method']}.{k}", set()).add(json.dumps(v, sort_keys=True))
     return {k: v.pop() if len(v) == 1 else "[" + ", ".join(sorted(v)) + "]" for k, v in sorted(values.items())}
 
@@ -62,17 +68,20 @@ def load_runs(targets: Sequence[str | Path]) -> list[Run]:
 
 
 def run_scores(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Headline score -> method -> value of one run (averaged over its expert modalities)."""
+    """Score -> method -> value of one run: the headline scores averaged over its expert modalities, and
+    the PER_EXPERT scores of each modality under `<expert> | <score>`."""
     points: dict[str, dict] = {}
     cells: dict[Any, list] = {}
     for r in rows:
         points.setdefault(r["method"], {})[cell_id(r)] = float(r["top1"])
         cells.setdefault(r.get("expert_data"), []).append(cell_id(r))
-    scores = averaged({e: scores_for(list(dict.fromkeys(c))) for e, c in cells.items()})
+    per_expert = {e: scores_for(list(dict.fromkeys(c))) for e, c in cells.items()}
+    named = [(s.key, s) for s in averaged(per_expert)]
+    named += [(f"{e} | {s.key}", s) for e, scores in per_expert.items() for s in scores if s.key in PER_EXPERT]
     out = {}
-    for s in scores:
+    for key, s in named:
         values = {m: s(points, m) for m in methods}
-        out[s.key] = {m: float(v) for m, v in values.items() if v is not None and math.isfinite(float(v))}
+        out[key] = {m: float(v) for m, v in values.items() if v is not None and math.isfinite(float(v))}
     return out
 
 
@@ -124,6 +133,8 @@ def render_aggregate(agg: Mapping[str, Any]) -> str:
            "## Runs", "", "| group | seeds | run dirs |", "|---|---|---|"]
     out += [f"| {g['label']} | {', '.join(map(str, g['seeds']))} | {'<br>'.join(g['runs'])} |" for g in groups]
     names = list(dict.fromkeys(n for g in groups for n in g["scores"]))
+    experts = list(dict.fromkeys(n.split(" | ")[0] for n in names if " | " in n))
+    names = [n for n in names if " | " not in n]
     out += ["", "## Headline scores (mean over expert modalities within each run)", ""]
     for name in names:
         lower = name.endswith("mCE")
@@ -133,4 +144,15 @@ def render_aggregate(agg: Mapping[str, Any]) -> str:
         out += [f"| {m} | " + " | ".join(_mean_std(g["scores"].get(name, {}).get(m)) for g in groups) + " |"
                 for m in methods if any(m in g["scores"].get(name, {}) for g in groups)]
         out.append("")
+    if len(groups) == 1 and experts:  # one column per score; with several groups these would multiply
+        scores = groups[0]["scores"]
+        out += ["## Per expert modality", "",
+                "Mean ± std over the runs of each expert's own scores (novel = the other modalities, "
+                "base_to_novel split=modality; mCE: generalist = 100, lower is better).", ""]
+        for expert in experts:
+            cols = [s for s in PER_EXPERT if f"{expert} | {s}" in scores]
+            out += [f"### {expert}", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            out += [f"| {m} | " + " | ".join(_mean_std(scores[f"{expert} | {s}"].get(m)) for s in cols) + " |"
+                    for m in methods if any(m in scores[f"{expert} | {s}"] for s in cols)]
+            out.append("")
     return "\n".join(out).rstrip() + "\n"

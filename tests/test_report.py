@@ -120,3 +120,23 @@ def test_module_entry_point_rewrites_a_single_run_report(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "tcube.report", str(tmp_path / "nothing")], capture_output=True,
                              text=True, env=env, timeout=120, check=False)
     assert missing.returncode == 2 and "no results.jsonl" in missing.stderr
+
+
+def test_seed_runs_aggregate_per_expert_and_dare_seed_does_not_split_them(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        rows = synthetic_rows(EXPERTS, seed=seed, n=60)
+        for r in rows:  # DARE's drop seed follows the run seed in conf/method/all.yaml (method.seed: ${seed})
+            r["config_params"] = {**r["config_params"], "seed": seed}
+        runs.append(_write_run(tmp_path / "sweep" / str(seed), rows))
+    assert main([str(tmp_path / "sweep")]) == 0
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert summary["differing"] == [] and len(summary["groups"]) == 1
+    scores = summary["groups"][0]["scores"]
+    for expert in EXPERTS:
+        cell = scores[f"{expert} | in_domain: top-1"]["t3"]
+        per_run = [next(r["top1"] for r in read_rows(run / "results.jsonl") if r["method"] == "t3"
+                        and r["protocol"] == "in_domain" and r["expert_data"] == expert) for run in runs]
+        assert cell["values"] == pytest.approx(per_run) and cell["std"] == pytest.approx(np.std(per_run, ddof=1))
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "## Per expert modality" in report and all(f"### {e}" in report for e in EXPERTS)
