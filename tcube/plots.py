@@ -23,6 +23,16 @@ def _ordered_methods(df: pd.DataFrame) -> list[str]:
     return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
 
 
+def method_color(method: str):
+    """One fixed colour per method (tab20 in tcube.methods.METHODS order): 14 methods outrun the 10-colour cycle."""
+    from matplotlib import colormaps
+
+    from .methods import METHODS
+
+    index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method)) % 6
+    return colormaps["tab20"](index % 20)
+
+
 def accuracy_by_method(df: pd.DataFrame) -> Figure:
     """Mean top-1 per method, one bar group per protocol (clean cells only)."""
     clean = df[df["severity"].fillna(0) == 0]
@@ -149,7 +159,8 @@ def accuracy_vs_severity(df: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     for method in _ordered_methods(corr) if not corr.empty else []:
         curve = corr[corr["method"] == method].groupby("severity")["top1"].mean()
-        ax.plot(curve.index, curve.values, marker="o", label=method, ls="--" if method not in DYNAMIC else "-")
+        ax.plot(curve.index, curve.values, marker="o", label=method, ls="--" if method not in DYNAMIC else "-",
+                color=method_color(method))
     ax.set_xlabel("corruption severity (0 = clean)")
     ax.set_ylabel("top-1 (%), mean over corruptions")
     ax.set_title("Accuracy against corruption severity")
@@ -208,10 +219,10 @@ def tradeoff(df: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     experts = sorted(both.index.get_level_values("expert").unique()) if not both.empty else []
     markers = "osD^vP*X"
-    for k, method in enumerate(_ordered_methods(both.reset_index()) if not both.empty else []):
+    for method in (_ordered_methods(both.reset_index()) if not both.empty else []):
         sub = both.xs(method, level="method")
         for expert, (xi, yi) in sub.iterrows():
-            ax.scatter(xi, yi, color=f"C{k % 10}", marker=markers[experts.index(expert) % len(markers)], s=40,
+            ax.scatter(xi, yi, color=method_color(method), marker=markers[experts.index(expert) % len(markers)], s=40,
                        label=method if expert == sub.index[0] else None)
     for j, expert in enumerate(experts):  # marker legend entries: which shape is which expert
         ax.scatter([], [], color="k", marker=markers[j % len(markers)], label=f"expert: {expert}")
