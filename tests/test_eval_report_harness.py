@@ -87,3 +87,21 @@ def test_rows_carry_what_the_report_needs(clean_run):
     for text in ("| *majority class* |", "vs wise_ft (α=0.5):", "Temperature scaling", "Coefficients chosen",
                  "Routing diagnostics", "| t3_cal | "):
         assert text in report, text
+
+
+def test_poisoned_validation_labels_do_move_the_choice(cfg, clean_run, tmp_path, monkeypatch):
+    """The counterpart: the same poison on the val split changes what is chosen, so the test above can fail."""
+    rows, _ = clean_run
+
+    def split_arrays(self, data, split, original=CellRunner._split_arrays):
+        images, labels = original(self, data, split)
+        return (images, np.random.default_rng(123).permutation(labels)) if split == "val" else (images, labels)
+
+    monkeypatch.setattr(CellRunner, "_split_arrays", split_arrays)
+    run(cfg, tmp_path)
+    poisoned = {r["method"]: r for r in read_rows(tmp_path / "results.jsonl")}
+    clean = {r["method"]: r for r in rows}
+    chosen = [(clean[m]["params"][k], poisoned[m]["params"][k]) for m, keys in CHOSEN.items() for k in keys]
+    temperatures = [(clean[m]["calibration"]["temperatures"], poisoned[m]["calibration"]["temperatures"])
+                    for m in CHOSEN]
+    assert any(a != b for a, b in chosen + temperatures)
