@@ -169,12 +169,16 @@ def accuracy_vs_severity(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def lambda_distribution(df: pd.DataFrame) -> Figure:
-    """Spread of λ (weight on the generalist) per protocol: one box per (protocol, sample-wise method).
+def _lambdas(rows: pd.DataFrame) -> np.ndarray:
+    """Per-image λ of these rows where results.jsonl has them (lambda_per_image), else each cell's mean λ."""
+    if "lambda_per_image" in rows and rows["lambda_per_image"].notna().all():
+        return np.concatenate([np.asarray(v, dtype=float) for v in rows["lambda_per_image"]]) if len(rows) else np.array([])
+    return rows["lambda_mean"].to_numpy(dtype=float)
 
-    Each value is one cell's mean λ (results.jsonl keeps per-cell λ mean/std, not per-image λ), so a box
-    shows how λ moves across datasets, corruptions and severities within a protocol.
-    """
+
+def lambda_distribution(df: pd.DataFrame) -> Figure:
+    """Spread of λ (weight on the generalist) per protocol: one box per (protocol, sample-wise method),
+    over every test image (older runs without per-image λ: over the cells' mean λ)."""
     rows = df[df["method"].isin(DYNAMIC) & df["lambda_mean"].notna()]
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
@@ -182,18 +186,18 @@ def lambda_distribution(df: pd.DataFrame) -> Figure:
     methods = [m for m in DYNAMIC if m in set(rows["method"])]
     width = 0.8 / max(1, len(methods))
     for k, method in enumerate(methods):
-        data = [rows[(rows["protocol"] == p) & (rows["method"] == method)]["lambda_mean"].to_numpy() for p in protocols]
+        data = [_lambdas(rows[(rows["protocol"] == p) & (rows["method"] == method)]) for p in protocols]
         keep = [i for i, d in enumerate(data) if len(d)]
         if not keep:
             continue
         box = ax.boxplot([data[i] for i in keep], positions=[i + (k - (len(methods) - 1) / 2) * width for i in keep],
-                         widths=width * 0.9, patch_artist=True, manage_ticks=False)
+                         widths=width * 0.9, patch_artist=True, manage_ticks=False, showfliers=False)
         for patch in box["boxes"]:
-            patch.set_facecolor(f"C{k}")
-        ax.plot([], [], color=f"C{k}", lw=6, label=method)  # legend handle
+            patch.set_facecolor(method_color(method))
+        ax.plot([], [], color=method_color(method), lw=6, label=method)  # legend handle
     ax.set_xticks(range(len(protocols)), protocols)
-    ax.set_ylabel("λ per cell (mean over its images)")
-    ax.set_title("λ distribution per protocol")
+    ax.set_ylabel("λ (weight on the generalist)")
+    ax.set_title("λ distribution per protocol (whiskers: 1.5 IQR)")
     if methods:
         ax.legend(fontsize="small")
     return fig
