@@ -20,7 +20,7 @@ from .results import read_rows
 from .scores import averaged, cell_id, scores_for
 
 SETTING_FIELDS = ("seed", "limit", "engine", "engine_options", "generalist", "expert", "expert_data", "protocol",
-                  "calibration", "zoo_profile")
+                  "calibration_source", "calibration_limit", "zoo_profile")
 # Per expert modality, the scores that say whether the premise holds (expert wins in-domain, generalist
 # wins on novel modalities / classes and under corruption) and where the merges land.
 PER_EXPERT = ("in_domain: top-1", "base_to_novel: modality novel mean", "base_to_novel: class HM",

@@ -201,7 +201,7 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     if s.get("precision", "fp32") != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
     if v.needs_calibration:
-        ident["calibration"] = s.get("calibration", "own")
+        ident["calibration_source"] = s.get("calibration", "own")  # rows keep "calibration" for what was fitted
         ident["calibration_limit"] = _cap(s.get("limit"), s.get("calibration_limit"))
     return ident
 
