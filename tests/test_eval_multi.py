@@ -16,6 +16,18 @@ pytestmark = pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
 FOUND = ("retinamnist", "breastmnist")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads; restored after the module, since other tests (the zoo's
+    determinism check) compare against weights trained at the default thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def partial_root(tmp_path_factory) -> Path:
     """A data root with two of the four default modalities (links to the real, MD5-checked files)."""
@@ -48,11 +60,8 @@ def test_data_all_with_no_file_names_the_fix(tmp_path):
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory, clip_pair, partial_root):
     """in_domain + base_to_novel + corruption for two experts, on real images with tiny models."""
-    import torch
-
     from tcube.models import save_local_dir
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("multi")
     env = make_env(root, clip_pair)
     for name in FOUND:  # `{dataset}` picks each modality's own expert folder
