@@ -29,6 +29,7 @@ from omegaconf.errors import MissingMandatoryValue
 from .cache import LogitCache
 from .distributed import SINGLE, Dist
 from .protocols import Context, EvalSet, Skip, Variant, check_engine, eval_sets, make_variant, resolve_data
+from .protocols.base import cap_limit
 from .protocols.runner import CellRunner, PairInfo
 from .report import render_report, summarize
 from .results import RESULTS_NAME, ResultsFile, cell_key, json_safe, rows_in, write_text_atomic
@@ -63,10 +64,6 @@ class Plan:
     skipped: list[Skip]
     methods: list[str]
     parts: list[Part]
-
-    @property
-    def primary(self) -> Any:
-        return self.parts[0].primary
 
     def groups(self, done: set[str]) -> list[tuple[int, EvalSet, list[Cell]]]:
         """Pending cells grouped by (part, EvalSet) in plan order: images and endpoint logits are shared."""
@@ -193,27 +190,23 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     """Everything that determines a cell's result (its key hashes this)."""
     model, engine = s["model"], s["engine"]
     specs = (model["generalist"], model[es.expert])
-    ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs, "engine": engine["name"],
-             "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"}, "seed": s["seed"],
-             "limit": _cap(s.get("limit"), es.limit), "generalist": specs[0], "expert": specs[1], "prompts": es.prompt_hash()}
+    ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs,
+             "engine": engine["name"], "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"},
+             "seed": s["seed"], "limit": cap_limit(s.get("limit"), es.limit), "generalist": specs[0],
+             "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
         ident["zoo_profile"] = model.get("zoo_profile", "default")
     if s.get("precision", "fp32") != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
     if v.needs_calibration:
         ident["calibration_source"] = s.get("calibration", "own")  # rows keep "calibration" for what was fitted
-        ident["calibration_limit"] = _cap(s.get("limit"), s.get("calibration_limit"))
+        ident["calibration_limit"] = cap_limit(s.get("limit"), s.get("calibration_limit"))
     return ident
 
 
 def view_key(identity: dict[str, Any]) -> str:
     """A cell's identity without the protocol labels: equal keys mean the same images, models and method."""
     return cell_key({k: v for k, v in identity.items() if k not in ("protocol", "split", "role")})
-
-
-def _cap(*limits: int | None) -> int | None:
-    caps = [c for c in limits if c is not None]
-    return min(caps) if caps else None
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -330,17 +323,18 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
     computed: dict[str, tuple[str, dict]] = {}  # view_key -> (key, metrics) of the cell that computed it
     with tqdm(total=sum(len(c) for *_, c in groups), desc="cells",
               disable=not (s.get("progress", True) and dist.is_main)) as bar:
+
+        def emit(cell: Cell, metrics: dict) -> None:
+            row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if dist.is_main:  # every rank holds the gathered metrics; one writes them
+                results.append(row)
+                logger.log_row(row)
+            bar.update()
+
         for part, es, cells in groups:
             if part != runner_part:  # one expert at a time: the previous one's models are released
                 runner, runner_part = make_runner(plan.parts[part], cache, dist), part
                 log.info("expert %d/%d: %s", part + 1, len(plan.parts), plan.parts[part].primary.name)
-            def emit(cell: Cell, metrics: dict) -> None:
-                row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                if dist.is_main:  # every rank holds the gathered metrics; one writes them
-                    results.append(row)
-                    logger.log_row(row)
-                bar.update()
-
             fresh = []
             for cell in cells:  # e.g. in_domain and base_to_novel's base set are the same images
                 same = computed.get(view_key(cell.identity))

@@ -27,6 +27,7 @@ from .precision import autocast, check_precision
 ENDPOINTS = ("generalist", "expert")
 STATIC = ("weight_average", "wise_ft", "task_arithmetic", "ties", "dare", "slerp")
 PER_SAMPLE = ("t3", "dawin", "t3_cal")
+ADAPTIVE = ("t3", "t3_batch", "t3_cal", "dawin")  # λ computed from the test inputs (per sample or per batch)
 METHODS = ENDPOINTS + ("ensemble",) + STATIC + ("dawin", "t3", "t3_batch", "t3_cal", "wise_ft_cal")
 
 # Every coefficient is the weight on the generalist (λ), so lambdas are comparable across methods.

@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .methods import ADAPTIVE, METHODS
 from .metrics import mce
 
-DYNAMIC = ("t3", "t3_batch", "t3_cal", "dawin")
+DYNAMIC = ADAPTIVE
 
 
 def _ordered_methods(df: pd.DataFrame) -> list[str]:
-    from .methods import METHODS
-
     present = set(df["method"])
     return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
 
@@ -26,8 +25,6 @@ def _ordered_methods(df: pd.DataFrame) -> list[str]:
 def method_color(method: str):
     """One fixed colour per method (tab20 in tcube.methods.METHODS order): 14 methods outrun the 10-colour cycle."""
     from matplotlib import colormaps
-
-    from .methods import METHODS
 
     index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method)) % 6
     return colormaps["tab20"](index % 20)

@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .methods import CALIBRATED
+from .methods import CALIBRATED, PER_SAMPLE
 
-DYNAMIC = ("t3", "t3_cal", "dawin")  # per-sample λ: a correlation with the expert's errors is defined
+DYNAMIC = PER_SAMPLE  # per-sample λ: a correlation with the expert's errors is defined
 
 
 def _clean_views(rows: Sequence[Mapping[str, Any]], keep) -> dict[tuple, Mapping[str, Any]]:

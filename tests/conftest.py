@@ -17,6 +17,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 from common import TINY_CLIP_CFG, perturbed, tiny_biomedclip_cfg, write_tiny_bert  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models gain
+    nothing from 2, and on a shared 2-core machine they lose ~100× to contention. Restored afterwards, since
+    the zoo's determinism check compares against weights trained at the default thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Pair:
     def __init__(self, generalist, expert, tokenizer, model_cfg, family):
         self.generalist, self.expert, self.tokenizer = generalist, expert, tokenizer

@@ -16,18 +16,8 @@ from tcube.eval import cli, run
 
 REQUIRED = ("protocol", "modality", "dataset", "subset", "corruption", "severity", "method", "engine", "n", "top1",
             "balanced_acc", "lambda_mean", "lambda_std", "seconds", "js_mean", "params", "seed", "key")
+pytestmark = pytest.mark.usefixtures("one_thread")
 ALL_PROTOCOLS = ["protocol.corruptions=[gaussian_noise,pixelate]", "protocol.severities=[2]", NOVEL_GRAY, "limit=6"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and on a shared 2-core machine they lose ~100× to contention."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

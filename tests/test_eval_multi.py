@@ -11,21 +11,10 @@ from eval_support import compose, make_env
 from tcube.eval import build_plan, run, to_settings
 
 REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
-pytestmark = pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
-                                reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})")
+pytestmark = [pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
+                                  reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})"),
+              pytest.mark.usefixtures("one_thread")]
 FOUND = ("retinamnist", "breastmnist")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads; restored after the module, since other tests (the zoo's
-    determinism check) compare against weights trained at the default thread count."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

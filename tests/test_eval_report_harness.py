@@ -16,18 +16,9 @@ from tcube.results import read_rows
 REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
 CHOSEN = {"t3_cal": ("gamma", "lambda_min", "lambda_max", "tau"), "wise_ft_cal": ("alpha",)}
 
-pytestmark = pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
-                                reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
+                                  reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,12 @@ class EvalSet:
         return hashlib.sha256(json.dumps([descriptions, templates]).encode()).hexdigest()[:12]
 
 
+def cap_limit(*limits: int | None) -> int | None:
+    """The narrowest of several image caps (None = no cap)."""
+    caps = [c for c in limits if c is not None]
+    return min(caps) if caps else None
+
+
 @dataclass(frozen=True)
 class Skip:
     """A part of a protocol that could not run here, and why (logged and written to summary.json)."""

@@ -29,11 +29,11 @@ from ..data.npz import NpzDataset
 from ..device import pin
 from ..diagnostics import routing_diagnostics
 from ..distributed import SINGLE, Dist
-from ..methods import Merger
+from ..methods import ADAPTIVE, Merger
 from ..metrics import balanced_accuracy, top1
 from ..models.loading import ModelPair
 from ..stats import majority_baseline
-from .base import DataRef, EvalSet, Variant
+from .base import DataRef, EvalSet, Variant, cap_limit
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,7 @@ class CellRunner:
 
     def cap(self, limit: int | None) -> int | None:
         """The run-wide `limit` combined with a narrower one (a protocol's, or calibration's)."""
-        caps = [c for c in (self.limit, limit) if c is not None]
-        return min(caps) if caps else None
+        return cap_limit(self.limit, limit)
 
     def load_view(self, data: DataRef, split: str, classes: Sequence[int] | None, preprocess: Callable,
                   corruption: str | None = None, severity: int = 0, limit: int | None = None,
@@ -299,13 +298,9 @@ class CellRunner:
                 # per image, so reports can bootstrap and diagnose after the fact (tcube.stats, tcube.diagnostics)
                 "labels": _compact_labels(labels, n_classes),
                 "js_per_image": [round(v, 6) for v in js.tolist()],
-                "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in PER_SAMPLE_LAMBDA
-                                     else None),
+                "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in ADAPTIVE else None),
             }
             yield variant, metrics
-
-
-PER_SAMPLE_LAMBDA = ("t3", "t3_batch", "t3_cal", "dawin")  # λ varies across images (or batches)
 
 
 def _compact_labels(labels: torch.Tensor, n_classes: int) -> str | list[int]:
