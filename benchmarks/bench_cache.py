@@ -1,6 +1,6 @@
 """What the logit cache saves on a hyper-parameter sweep (tiny random models: timings only, no accuracy).
 
-Runs `tcube.eval.run` once per γ (each job in a fresh run dir, as `-m method.gamma=...` does) with
+Runs `tcube.harness.evaluate.run` once per γ (each job in a fresh run dir, as `-m method.gamma=...` does) with
 the cache off, then with a cold cache (the first job fills it, the others read it), and prints JSON.
 
     TCUBE_DATA_DIR=../shared/data/medmnist python benchmarks/bench_cache.py --limit 200
@@ -34,7 +34,7 @@ def main() -> None:
     from common import TINY_CLIP_CFG, perturbed
     from eval_support import compose
 
-    from tcube.eval import run
+    from tcube.harness.evaluate import run
     from tcube.models import build_model, save_local_dir, tokenizer_for
 
     data_root = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from tcube import Merger
-from tcube.device import resolve_device
-from tcube.methods import _plain_logits
+from tcube.runtime.device import resolve_device
+from tcube.methods.merger import _plain_logits
 from tcube.models import build_model, tokenizer_for
-from tcube.precision import PRECISIONS, autocast, check_precision
+from tcube.runtime.precision import PRECISIONS, autocast, check_precision
 
 CLASSES = ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
            "severe diabetic retinopathy", "proliferative diabetic retinopathy"]

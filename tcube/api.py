@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .methods import Merger, MergeOutput, check_images, check_params
+from .methods.merger import MergeOutput, Merger, check_images, check_params
 
 
 def merge_and_predict(generalist: nn.Module, expert: nn.Module, images: torch.Tensor, classnames: Sequence[str], *,

@@ -64,7 +64,7 @@ def compose(overrides_: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from tcube.eval import CONF_DIR
+    from tcube.harness.evaluate import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides_)

@@ -8,7 +8,7 @@ import torch
 
 from common import seeded_images
 from tcube import METHODS, Merger, merge_and_predict
-from tcube.coefficients import js_divergence, t3_lambda
+from tcube.core.coefficients import js_divergence, t3_lambda
 
 CLASSES = ["normal lungs", "pneumonia", "malignant mass"]
 

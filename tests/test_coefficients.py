@@ -1,4 +1,4 @@
-"""Tests for tcube.coefficients (seeded random batches; hypothesis is not a dependency)."""
+"""Tests for tcube.core.coefficients (seeded random batches; hypothesis is not a dependency)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as sp_entropy
 
-from tcube.coefficients import (
+from tcube.core.coefficients import (
     dawin_lambda,
     dawin_offset_stats,
     entropy,

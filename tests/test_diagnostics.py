@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from tcube.diagnostics import auroc, routing_diagnostics
+from tcube.reporting.diagnostics import auroc, routing_diagnostics
 
 
 def test_auroc_hand_values():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from eval_support import make_env
 
-from tcube.distributed import Dist, init_from_env
+from tcube.harness.distributed import Dist, init_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TCUBE_DATA_DIR", ROOT.parent / "shared" / "data" / "medmnist"))

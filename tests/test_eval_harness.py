@@ -1,4 +1,4 @@
-"""End to end: `tcube.eval.run` on synthetic npz files and tiny local-dir models (plumbing, not results)."""
+"""End to end: `tcube.harness.evaluate.run` on synthetic npz files and tiny local-dir models (plumbing, not results)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from eval_support import NOVEL_GRAY, SYNTH4, compose, make_env, overrides
 
-from tcube.analysis import load_results
-from tcube.eval import cli, run
+from tcube.reporting.analysis import load_results
+from tcube.harness.evaluate import cli, run
 
 REQUIRED = ("protocol", "modality", "dataset", "subset", "corruption", "severity", "method", "engine", "n", "top1",
             "balanced_acc", "lambda_mean", "lambda_std", "seconds", "js_mean", "params", "seed", "key")
@@ -103,7 +103,7 @@ def test_load_results_reads_rows_and_tolerates_a_partial_line(full_run, tmp_path
 
 
 def test_cache_is_hit_on_the_second_run(env, tmp_path, monkeypatch):
-    from tcube.methods import Merger
+    from tcube.methods.merger import Merger
 
     calls = {"n": 0}
     original = Merger.endpoint_logits

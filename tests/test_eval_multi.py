@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from eval_support import compose, make_env
 
-from tcube.eval import build_plan, run, to_settings
+from tcube.harness.evaluate import build_plan, run, to_settings
 
 REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
 pytestmark = [pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from eval_support import compose, make_env, overrides
 
-from tcube.eval import run
-from tcube.protocols.runner import CellRunner
-from tcube.results import read_rows
+from tcube.harness.evaluate import run
+from tcube.harness.runner import CellRunner
+from tcube.reporting.results import read_rows
 
 REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
 CHOSEN = {"t3_cal": ("gamma", "lambda_min", "lambda_max", "tau"), "wise_ft_cal": ("alpha",)}
@@ -63,7 +63,7 @@ def test_chosen_coefficients_ignore_test_labels(cfg, clean_run, tmp_path, monkey
 def test_rows_carry_what_the_report_needs(clean_run):
     rows, run_dir = clean_run
     labels = np.load(REAL_DATA / "retinamnist.npz")["test_labels"].reshape(-1)
-    from tcube.protocols.runner import select_indices
+    from tcube.harness.runner import select_indices
 
     majority = np.bincount(labels[select_indices(labels, None, 24, 0)]).max() / 24 * 100
     for r in rows:

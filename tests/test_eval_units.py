@@ -9,9 +9,9 @@ import pytest
 import torch
 from eval_support import SYNTH2, SYNTH4, compose, write_npz
 
-from tcube.cache import LogitCache, cache_key, model_fingerprint
-from tcube.report import render_report, summarize
-from tcube.results import ResultsFile, read_rows, write_text_atomic
+from tcube.harness.cache import LogitCache, cache_key, model_fingerprint
+from tcube.reporting.report import render_report, summarize
+from tcube.reporting.results import ResultsFile, read_rows, write_text_atomic
 
 
 # -- results.jsonl -----------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def test_fingerprint_follows_weights_not_objects(clip_pair, monkeypatch):
     with torch.no_grad():
         changed.visual.proj[0, 0] += 1e-6
     assert model_fingerprint(changed) != fp
-    import tcube.cache as cache_module
+    import tcube.harness.cache as cache_module
 
     monkeypatch.setattr(cache_module, "FULL_HASH_MAX_NUMEL", 16)  # the sampled path for large tensors
     monkeypatch.setattr(cache_module, "SAMPLE_NUMEL", 4)
@@ -76,7 +76,7 @@ def test_logit_cache_round_trip_and_damaged_entries(tmp_path):
 
 
 def test_default_cache_dir_follows_tcube_home(monkeypatch, tmp_path):
-    from tcube.cache import default_cache_dir
+    from tcube.harness.cache import default_cache_dir
 
     monkeypatch.setenv("TCUBE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "cache" / "logits"
@@ -118,7 +118,7 @@ def data_root(tmp_path):
 
 
 def _settings(data_root, data, extra=()):
-    from tcube.eval import to_settings
+    from tcube.harness.evaluate import to_settings
 
     classes = "[" + ",".join(data["classes"]) + "]"
     return to_settings(compose(["model=local", "model.generalist=g", "model.expert=e", "data=ph2",
@@ -128,7 +128,7 @@ def _settings(data_root, data, extra=()):
 
 
 def test_class_split_is_skipped_with_a_reason(data_root):
-    from tcube.eval import build_plan
+    from tcube.harness.evaluate import build_plan
 
     plan = build_plan(_settings(data_root, SYNTH4, ["protocol=base_to_novel", "protocol.split=class"]))
     assert plan.cells == [] and "model.expert_base is not set" in plan.skipped[0].reason
@@ -144,7 +144,7 @@ def test_class_split_is_skipped_with_a_reason(data_root):
 
 def test_corruption_plan_and_cell_keys(data_root):
     from tcube.data import corruptions_for
-    from tcube.eval import build_plan
+    from tcube.harness.evaluate import build_plan
 
     s = _settings(data_root, SYNTH2, ["protocol=corruption", "method=wise_ft"])
     plan = build_plan(s)
@@ -159,7 +159,7 @@ def test_corruption_plan_and_cell_keys(data_root):
 
 def test_corruption_is_applied_at_native_size_and_seeded_per_image(data_root):
     from tcube.protocols import resolve_data
-    from tcube.protocols.runner import CellRunner
+    from tcube.harness.runner import CellRunner
 
     data = resolve_data(dict(SYNTH4, modality="chest_xray"), data_root)
     as_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # noqa: E731

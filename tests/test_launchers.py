@@ -16,7 +16,7 @@ import pytest
 import yaml
 from eval_support import make_env
 
-from tcube.analysis import load_results
+from tcube.reporting.analysis import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TCUBE_DATA_DIR", ROOT.parent / "shared" / "data" / "medmnist"))
@@ -76,15 +76,15 @@ def test_each_job_writes_its_own_results(sweep):
 
 
 # -- merged report of a sweep ---------------------------------------------------------------------------
-# `python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` (tcube.report.main) comes from another branch
+# `python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` (tcube.reporting.report.main) comes from another branch
 # (issue 6). This test runs as soon as it lands; until then it is skipped.
 def test_report_cli_merges_the_sweep(sweep, tmp_path):
     import tcube.report
 
     if not hasattr(tcube.report, "main"):
-        pytest.skip("tcube.report.main (python -m tcube.report) is not on this branch yet")
+        pytest.skip("tcube.reporting.report.main (python -m tcube.report) is not on this branch yet")
     out = tmp_path / "merged"
-    assert tcube.report.main([str(sweep), "--out", str(out)]) == 0
+    assert tcube.reporting.report.main([str(sweep), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     for protocol, data, gamma in _jobs(sweep):
         for setting in (protocol, DATASETS[data], f"{gamma:g}"):

@@ -1,4 +1,4 @@
-"""Tests for tcube.merging against hand-computed values on small tensors."""
+"""Tests for tcube.core.merging against hand-computed values on small tensors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tcube.merging import (
+from tcube.core.merging import (
     dare,
     interpolate,
     slerp,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tcube.metrics import (
+from tcube.reporting.metrics import (
     balanced_accuracy,
     corruption_errors,
     error,

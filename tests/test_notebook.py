@@ -21,7 +21,7 @@ def small_run(tmp_path_factory, clip_pair):
     """Tiny models on the real retina file: in_domain, base_to_novel (modality), corruption (2 × 2 severities)."""
     import torch
 
-    from tcube.eval import run
+    from tcube.harness.evaluate import run
 
     tmp = tmp_path_factory.mktemp("nb")
     env = make_env(tmp / "env", clip_pair)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tcube.plots import mce_table, save_all
+from tcube.reporting.plots import mce_table, save_all
 
 
 def rows():
@@ -35,7 +35,7 @@ def test_save_all_writes_pngs(tmp_path):
 def test_routing_auroc_plot_per_expert_and_protocol(tmp_path):
     from report_support import synthetic_rows
 
-    from tcube.plots import routing_auroc, routing_table
+    from tcube.reporting.plots import routing_auroc, routing_table
 
     df = pd.DataFrame(synthetic_rows())
     table = routing_table(df)
@@ -61,7 +61,7 @@ def tradeoff_rows():
 
 
 def test_headline_table_and_new_plots():
-    from tcube.plots import (
+    from tcube.reporting.plots import (
         accuracy_vs_severity,
         headline_table,
         lambda_distribution,

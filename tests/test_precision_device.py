@@ -6,8 +6,8 @@ import torch
 from common import seeded_images
 
 from tcube import Merger
-from tcube.device import resolve_device, to_device
-from tcube.precision import autocast, check_precision
+from tcube.runtime.device import resolve_device, to_device
+from tcube.runtime.precision import autocast, check_precision
 
 CLASSES = ["normal lungs", "pneumonia", "mass"]
 
@@ -74,7 +74,7 @@ def test_cuda_pinned_copy_and_fp16(clip_pair):
 def test_harness_precision_bf16_runs_and_gets_its_own_keys(tmp_path, clip_pair):
     from eval_support import compose, make_env, overrides
 
-    from tcube.eval import build_plan, run, to_settings
+    from tcube.harness.evaluate import build_plan, run, to_settings
 
     env = make_env(tmp_path / "env", clip_pair)
     fp32 = run(compose(overrides(env, methods=("t3",), extra=["limit=4"])), tmp_path / "fp32")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from report_support import METHODS, synthetic_rows
 
-from tcube.report import main, render_report, summarize
-from tcube.results import read_rows
+from tcube.reporting.report import main, render_report, summarize
+from tcube.reporting.results import read_rows
 
 EXPERTS = ("retinamnist", "pneumoniamnist")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcube.calibration import expected_calibration_error, fit_temperature
-from tcube.stats import (
+from tcube.core.temperature import expected_calibration_error, fit_temperature
+from tcube.reporting.stats import (
     bootstrap_ci,
     excludes_zero,
     majority_baseline,
@@ -80,7 +80,7 @@ def test_bad_logits_raise():
 
 def test_shared_resamples_cover_a_mean_over_cells_and_pair_exactly():
     """The report's machinery (one multinomial resample per image pool, reused by every row of the pool)."""
-    from tcube.stats import (
+    from tcube.reporting.stats import (
         bootstrap_means,
         percentile_interval,
         pool_seed,

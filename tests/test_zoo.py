@@ -215,7 +215,7 @@ def test_eval_runs_end_to_end_on_the_smoke_zoo(smoke_zoo, tmp_path):
     """`model=zoo` resolves `zoo:expert-{dataset}` to the smoke zoo's BreastMNIST expert (no retraining)."""
     from eval_support import compose
 
-    from tcube.eval import run
+    from tcube.harness.evaluate import run
 
     n_calls = len(smoke_zoo.calls)
     summary = run(compose(["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={DATA}",

@@ -13,8 +13,17 @@ import torch
 from torch import nn
 
 from .base import Engine
-from .fused_ops import (FusedConv2d, FusedEmbedding, FusedLayerNorm, FusedLayerScale, FusedLinear,
-                        FusedMultiheadAttention, RowLambda, delta_or_none, per_row)
+from .fused_ops import (
+    FusedConv2d,
+    FusedEmbedding,
+    FusedLayerNorm,
+    FusedLayerScale,
+    FusedLinear,
+    FusedMultiheadAttention,
+    RowLambda,
+    delta_or_none,
+    per_row,
+)
 
 CHUNK_BYTES = 64 * 2**20
 

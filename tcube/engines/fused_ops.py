@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # When per-row weights beat the dual form, from benchmarks/bench_linear_forms.py (batch 32, 2 CPU threads):
 # a weight that stays in cache (128→512, 256 KiB) is cheap to form per row: chunked 1.6× vs dual 2.3× a
 # plain Linear at 65 tokens. A large one (768→3072, 9 MiB) is memory-bound to form: dual wins up to

@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from ..merging import interpolate
+from ..core.merging import interpolate
 from .base import Engine
 
 

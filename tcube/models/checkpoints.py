@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write
+
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -42,10 +44,8 @@ def save_state_dict_file(state: dict[str, torch.Tensor], path: str | Path) -> No
     """Write a state dict as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def mismatches(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor], limit: int = 5) -> list[str]:

@@ -20,7 +20,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoints import STATE_DICT_SUFFIXES, check_compatible, load_state_dict_file, save_state_dict_file
+from .checkpoints import (
+    STATE_DICT_SUFFIXES,
+    check_compatible,
+    load_state_dict_file,
+    save_state_dict_file,
+)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"  # the name open_clip's local-dir loader looks for first
@@ -69,7 +74,11 @@ def build_model(model_cfg: dict[str, Any], *, hf_text_dir: str | Path | None = N
 
 
 def preprocess_from_cfg(preprocess_cfg: dict[str, Any]) -> Callable:
-    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+    from open_clip.transform import (
+        PreprocessCfg,
+        image_transform_v2,
+        merge_preprocess_dict,
+    )
 
     return image_transform_v2(PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), preprocess_cfg)), is_train=False)
 

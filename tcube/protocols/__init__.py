@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 from . import base_to_novel, corruption, in_domain
-from .base import (CALIBRATED, METHOD_PARAMS, PROTOCOL_NAMES, Context, DataRef, EvalSet, Skip, Variant,
-                   check_engine, make_variant, resolve_data, spec_from_config)
+from .base import (
+    CALIBRATED,
+    METHOD_PARAMS,
+    PROTOCOL_NAMES,
+    Context,
+    DataRef,
+    EvalSet,
+    Skip,
+    Variant,
+    check_engine,
+    make_variant,
+    resolve_data,
+    spec_from_config,
+)
 
 PROTOCOLS = {m.NAME: m.eval_sets for m in (in_domain, base_to_novel, corruption)}
 

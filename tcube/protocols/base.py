@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..data.files import find_npz
-from ..data.registry import DatasetSpec, dataset_spec_from_config, get_dataset_spec, prompts_for
-from ..methods import CALIBRATED, METHOD_PARAMS, METHODS, PER_SAMPLE, check_params
+from ..data.registry import (
+    DatasetSpec,
+    dataset_spec_from_config,
+    get_dataset_spec,
+    prompts_for,
+)
+from ..methods.merger import (
+    CALIBRATED,
+    METHOD_PARAMS,
+    METHODS,
+    PER_SAMPLE,
+    check_params,
+)
 
 PROTOCOL_NAMES = ("in_domain", "base_to_novel", "corruption")
 
@@ -36,7 +47,7 @@ class Variant:
 
 
 def make_variant(method: str, params: Mapping[str, Any]) -> Variant:
-    """Keep the parameters `method` reads and validate them (λ_min ≤ λ_max, …) with tcube.methods."""
+    """Keep the parameters `method` reads and validate them (λ_min ≤ λ_max, …) with tcube.methods.merger."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {list(METHODS)} or `all` "
                          "(e.g. method=t3 or method.name=t3)")

@@ -10,9 +10,10 @@ experts for datasets with ≥ 4 classes. The harness names them ``zoo:<name>``::
 Names: ``generalist``, ``expert-<dataset>``, ``expert-<dataset>-base``. Command line:
 ``python -m tcube.zoo [--profile default|smoke] [--seed 0] [--data-root DIR] [--only NAME ...] [--force]``.
 """
+from ..io import tcube_home
 from .build import ensure_model, ensure_zoo, resolve_spec
 from .recipe import PROFILES, Recipe, get_recipe
-from .store import model_names, read_manifest, tcube_home, zoo_dir
+from .store import model_names, read_manifest, zoo_dir
 
 __all__ = ["PROFILES", "Recipe", "ensure_model", "ensure_zoo", "get_recipe", "model_names", "read_manifest",
            "resolve_spec", "tcube_home", "zoo_dir"]

@@ -20,8 +20,17 @@ from typing import Any, Sequence
 
 from .data import Split, available_datasets, dataset_file, load_split, zoo_datasets
 from .recipe import Recipe, get_recipe
-from .store import (GENERALIST, ModelKey, has_class_split, model_names, parse_name, publish, read_manifest,
-                    zoo_dir, zoo_lock)
+from .store import (
+    GENERALIST,
+    ModelKey,
+    has_class_split,
+    model_names,
+    parse_name,
+    publish,
+    read_manifest,
+    zoo_dir,
+    zoo_lock,
+)
 
 log = logging.getLogger("tcube.zoo")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from ..io import tcube_home
 from .data import canonical_dataset, zoo_datasets
 from .recipe import Recipe, get_recipe
 
@@ -24,7 +25,6 @@ log = logging.getLogger("tcube.zoo")
 
 GENERALIST = "generalist"
 MANIFEST = "manifest.json"
-HOME_ENV = "TCUBE_HOME"
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,6 @@ def parse_name(name: str) -> ModelKey:
     return ModelKey("base_expert" if base else "expert", dataset)
 
 
-def tcube_home() -> Path:
-    """$TCUBE_HOME, else ~/.cache/tcube (not created)."""
-    return Path(os.environ.get(HOME_ENV) or "~/.cache/tcube").expanduser()
 
 
 def zoo_dir(profile: str = "default", seed: int = 0) -> Path:

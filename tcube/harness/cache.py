@@ -20,12 +20,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..io import atomic_write, tcube_home
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ FULL_HASH_MAX_NUMEL = 1 << 24
 SAMPLE_NUMEL = 1 << 16
 
 
-def tcube_home() -> Path:
-    """``$TCUBE_HOME``, else ``~/.cache/tcube`` (never created here)."""
-    return Path(os.environ.get("TCUBE_HOME") or "~/.cache/tcube").expanduser()
 
 
 def default_cache_dir() -> Path:
@@ -68,16 +66,6 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LogitCache:
@@ -116,7 +104,7 @@ class LogitCache:
         tensors = {"generalist": gen.detach().float().cpu().contiguous(),
                    "expert": exp.detach().float().cpu().contiguous()}
         meta = {"fields": json.dumps(fields, sort_keys=True, default=str)}
-        _atomic_write(self._path(key, ".safetensors"), lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(self._path(key, ".safetensors"), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def load_json(self, key: str) -> Any | None:
         path = self._path(key, ".json")
@@ -132,4 +120,4 @@ class LogitCache:
         if not self.enabled:
             return
         text = json.dumps({"fields": fields, "value": value}, sort_keys=True, default=str)
-        _atomic_write(self._path(key, ".json"), lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self._path(key, ".json"), lambda tmp: Path(tmp).write_text(text))

@@ -20,20 +20,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .. import methods as methods_module
-from ..cache import LogitCache, cache_key, model_fingerprint
-from ..calibration import temperature_report
+from ..core.temperature import temperature_report
 from ..data.corruptions import corrupt
 from ..data.files import file_md5
 from ..data.npz import NpzDataset
-from ..device import pin
-from ..diagnostics import routing_diagnostics
-from ..distributed import SINGLE, Dist
-from ..methods import ADAPTIVE, Merger
-from ..metrics import balanced_accuracy, top1
+from ..io import json_safe
+from ..methods import merger as methods_module
+from ..methods.merger import ADAPTIVE, Merger
 from ..models.loading import ModelPair
-from ..stats import majority_baseline
-from .base import DataRef, EvalSet, Variant, cap_limit
+from ..protocols.base import DataRef, EvalSet, Variant, cap_limit
+from ..reporting.diagnostics import routing_diagnostics
+from ..reporting.metrics import balanced_accuracy, top1
+from ..reporting.stats import majority_baseline
+from ..runtime.device import pin
+from .cache import LogitCache, cache_key, model_fingerprint
+from .distributed import SINGLE, Dist
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class CellRunner:
                 source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
                 source.calibrate(images, labels, batch_size=self.batch_size)
                 state = source.calibration_state()
-                self.cache.save_json(key, _jsonable(state), fields)
+                self.cache.save_json(key, json_safe(state), fields)
             return state
 
         merger.load_calibration_state(self.dist.from_main(choose))
@@ -287,15 +288,15 @@ class CellRunner:
                 "seconds": seconds, "endpoint_seconds": endpoint_seconds,
                 "same_weights_as": shared_with,  # a method merging to bit-identical weights ran the pass
                 "cached_endpoints": cache_hit,
-                "params": _jsonable(used),
+                "params": json_safe(used),
                 "calibration": ({"dataset": calibration["dataset"], "split": "val", "classes": calibration["classes"],
-                                 **{k: _jsonable(getattr(merger, k)) for k in ("temperatures",)
+                                 **{k: json_safe(getattr(merger, k)) for k in ("temperatures",)
                                     if getattr(merger, k, None) is not None},
                                  "ece": _ece(merger, gen, exp, labels)}
                                 if variant.needs_calibration else None),
                 "fingerprints": list(info.fingerprints),
                 "correct": "".join("1" if c else "0" for c in (preds == labels).tolist()),
-                # per image, so reports can bootstrap and diagnose after the fact (tcube.stats, tcube.diagnostics)
+                # per image, so reports can bootstrap and diagnose after the fact (tcube.reporting.stats, tcube.reporting.diagnostics)
                 "labels": _compact_labels(labels, n_classes),
                 "js_per_image": [round(v, 6) for v in js.tolist()],
                 "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in ADAPTIVE else None),
@@ -314,7 +315,7 @@ def _ece(merger: Merger, gen: torch.Tensor, exp: torch.Tensor, labels: torch.Ten
     if merger.temperatures is None:
         return None
     temps = dict(zip(("generalist", "expert"), merger.temperatures))
-    return {"val": _jsonable(merger.calibration_report),
+    return {"val": json_safe(merger.calibration_report),
             "test": temperature_report({"generalist": gen, "expert": exp}, labels, temps)}
 
 
@@ -328,13 +329,3 @@ def _merge_blocks(blocks: list[tuple]) -> tuple:
     return preds, lams, jss, used, max(b[4] for b in blocks)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..io import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,6 @@ def cell_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/Inf -> None (strict JSON), tuples -> lists, numpy/torch scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def parse_jsonl(text: str, source: str = "") -> list[dict[str, Any]]:
@@ -107,20 +96,6 @@ class ResultsFile:
             os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace `path` with `text` in one step (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def rows_in(rows: Iterable[dict[str, Any]], keys: Iterable[str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .methods import CALIBRATED, PER_SAMPLE
+from ..methods.merger import CALIBRATED, PER_SAMPLE
 
 DYNAMIC = PER_SAMPLE  # per-sample λ: a correlation with the expert's errors is defined
 

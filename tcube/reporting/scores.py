@@ -56,7 +56,7 @@ def _hm(a: Any, b: Any) -> Any:
 
 def _mce(values: Values, method: str, by_corruption: Mapping[str, Sequence[CellId]], reference: str) -> Any:
     """Mean over corruptions of Σ_s err / Σ_s err_reference × 100; a corruption where the reference makes
-    no error is left out (its CE is undefined), as in tcube.metrics / report.summarize."""
+    no error is left out (its CE is undefined), as in tcube.reporting.metrics / report.summarize."""
     ces = []
     for cells in by_corruption.values():
         err = sum(100.0 - np.asarray(values[method][c], dtype=np.float64) for c in cells)

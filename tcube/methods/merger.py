@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import coefficients as coef
-from . import merging
-from .device import to_device
-from .engines import TextHeads, make_engine, merged_logits
-from .models.checkpoints import check_compatible
-from .models.heads import tokenize_prompts, zero_shot_head
-from .precision import autocast, check_precision
+from ..core import coefficients as coef
+from ..core import merging
+from ..engines import TextHeads, make_engine, merged_logits
+from ..models.checkpoints import check_compatible
+from ..models.heads import tokenize_prompts, zero_shot_head
+from ..runtime.device import to_device
+from ..runtime.precision import autocast, check_precision
 
 ENDPOINTS = ("generalist", "expert")
 STATIC = ("weight_average", "wise_ft", "task_arithmetic", "ties", "dare", "slerp")
@@ -109,7 +109,7 @@ class Merger:
         check_compatible(generalist.state_dict(), expert.state_dict(), "generalist and expert")
         self.generalist, self.expert = generalist.eval(), expert.eval()
         self.device = next(expert.parameters()).device
-        # model forwards only; λ, JS and weight interpolation stay fp32 (tcube.precision)
+        # model forwards only; λ, JS and weight interpolation stay fp32 (tcube.runtime.precision)
         self.precision = check_precision(precision, self.device)
         self.tokenizer, self.classnames, self.templates = tokenizer, list(classnames), templates
         tokens, (n_classes, n_templates) = tokenize_prompts(tokenizer, classnames, templates)
@@ -234,7 +234,7 @@ class Merger:
     def calibrate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> dict[str, dict]:
         """Fit each model's temperature, then choose t3_cal's (γ, λ_min, λ_max, τ) and wise_ft_cal's α by
         validation top-1 (first best in grid order wins, so the paper's defaults keep ties)."""
-        from .calibration import expected_calibration_error, fit_temperature
+        from ..core.temperature import expected_calibration_error, fit_temperature
 
         labels = labels.to(self.device)
         batches = list(zip(images.split(batch_size), labels.split(batch_size)))

@@ -49,7 +49,7 @@ def run_settings(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def load_runs(targets: Sequence[str | Path]) -> list[Run]:
-    """Every results.jsonl in or below each target (like tcube.analysis.load_results), one Run each."""
+    """Every results.jsonl in or below each target (like tcube.reporting.analysis.load_results), one Run each."""
     from .analysis import _result_files
 
     runs = []

@@ -1,4 +1,4 @@
-"""Plots of a results table (tcube.analysis.load_results), shared by `tcube.eval` and the notebook.
+"""Plots of a results table (tcube.reporting.analysis.load_results), shared by `tcube.eval` and the notebook.
 
 Each function takes the DataFrame of results.jsonl rows and returns a matplotlib Figure; it never
 touches pyplot's global state, so it works headless and inside notebooks alike.
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .methods import ADAPTIVE, METHODS
+from ..io import atomic_write
+from ..methods.merger import ADAPTIVE, METHODS
 from .metrics import mce
 
 DYNAMIC = ADAPTIVE
@@ -23,7 +24,7 @@ def _ordered_methods(df: pd.DataFrame) -> list[str]:
 
 
 def method_color(method: str):
-    """One fixed colour per method (tab20 in tcube.methods.METHODS order): 14 methods outrun the 10-colour cycle."""
+    """One fixed colour per method (tab20 in tcube.methods.merger.METHODS order): 14 methods outrun the 10-colour cycle."""
     from matplotlib import colormaps
 
     index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method)) % 6
@@ -249,8 +250,6 @@ def save_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         fig = plot(df)
         if not any(ax.has_data() for ax in fig.axes):
             continue
-        tmp = out_dir / f".{name}.png.tmp"
-        fig.savefig(tmp, dpi=120, format="png")
-        tmp.replace(out_dir / f"{name}.png")
+        atomic_write(out_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
         written.append(out_dir / f"{name}.png")
     return written

@@ -1,0 +1,452 @@
+"""The evaluation harness: ``python -m tcube.eval [overrides]`` (Hydra; configs in the top-level conf/).
+
+``run(cfg, run_dir)`` does the work and is what tests and scripts call with a composed config:
+validate the config (fail fast, before any model is loaded), list the cells of the chosen
+protocols, skip those already in ``<run_dir>/results.jsonl``, evaluate the rest (appending one row
+per cell as it finishes), then rewrite ``summary.json`` and ``report.md`` atomically.
+
+The config directory is found next to the package (``Path(__file__).parents[2] / "conf"``), which
+holds for a source checkout and an editable install (``pip install -e .``); a regular (non-editable)
+install does not ship conf/, so run from a checkout or pass ``--config-dir /path/to/tcube/conf``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from ..protocols import (
+    Context,
+    EvalSet,
+    Skip,
+    Variant,
+    check_engine,
+    eval_sets,
+    make_variant,
+    resolve_data,
+)
+from ..protocols.base import cap_limit
+from ..reporting.report import render_report, summarize
+from ..reporting.results import (
+    RESULTS_NAME,
+    ResultsFile,
+    cell_key,
+    json_safe,
+    rows_in,
+    write_text_atomic,
+)
+from .cache import LogitCache
+from .distributed import SINGLE, Dist
+from .runner import CellRunner, PairInfo
+
+log = logging.getLogger("tcube.eval")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EXIT_CONFIG_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Part:
+    """One expert of the run: the settings with its model specs and dataset filled in, and that dataset."""
+
+    settings: dict
+    primary: Any  # DataRef of the expert's dataset
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One EvalSet × one method variant: one row of results.jsonl, identified by `key`."""
+
+    eval_set: EvalSet
+    variant: Variant
+    key: str
+    identity: dict
+    part: int = 0  # index into Plan.parts
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    skipped: list[Skip]
+    methods: list[str]
+    parts: list[Part]
+
+    def groups(self, done: set[str]) -> list[tuple[int, EvalSet, list[Cell]]]:
+        """Pending cells grouped by (part, EvalSet) in plan order: images and endpoint logits are shared."""
+        out: OrderedDict[int, tuple[int, EvalSet, list[Cell]]] = OrderedDict()
+        for cell in self.cells:
+            if cell.key not in done:
+                out.setdefault(id(cell.eval_set), (cell.part, cell.eval_set, []))[2].append(cell)
+        return list(out.values())
+
+
+# -- config -> plain settings ----------------------------------------------------------------------
+def to_settings(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The resolved config as plain Python containers; a required value left unset names its override."""
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a required key"
+        raise ValueError(f"{key} is not set: pass it on the command line, e.g. {key}=local-dir:/path/to/model "
+                         "(model=local takes your own folders)") from None
+
+
+def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
+    """A registered dataset by name, or the config's own description (name, modality, classes, ...)."""
+    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task")
+                 if data.get(k) is not None}
+    return described if len(described) > 1 else data["name"]
+
+
+def method_variants(method: dict[str, Any], references: list[str]) -> list[Variant]:
+    name = method.get("name")
+    params = {k: v for k, v in method.items() if k not in ("name", "methods")}
+    if name == "all":
+        from ..methods.merger import DEFAULT_PARAMS, METHODS
+
+        names = list(method.get("methods") or METHODS)
+        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise ValueError(f"method parameters {unknown} are unknown; known: {sorted(DEFAULT_PARAMS)}")
+    else:
+        names = [name]
+        variant = make_variant(name, params)
+        extra = sorted(set(params) - set(variant.kwargs))
+        if extra:
+            raise ValueError(f"method '{name}' takes no parameter {extra}; drop it or pick the method that uses it")
+    ordered = list(dict.fromkeys(list(references) + names))  # references first: they head every table
+    return [make_variant(n, params) for n in ordered]
+
+
+def _int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def build_plan(s: dict[str, Any]) -> Plan:
+    """Validate the settings and list every cell; loads no model (fails fast on bad overrides)."""
+    from ..engines import ENGINES
+
+    for key, ok, what in (("batch_size", _int(s.get("batch_size"), 1), "a positive integer"),
+                          ("limit", s.get("limit") is None or _int(s["limit"], 1), "a positive integer or null"),
+                          ("calibration_limit", s.get("calibration_limit") is None or _int(s["calibration_limit"], 1),
+                           "a positive integer or null"),
+                          ("seed", _int(s.get("seed"), 0), "a non-negative integer")):
+        if not ok:
+            raise ValueError(f"{key} must be {what}, got {s.get(key)!r} (e.g. {key}=16)")
+    from ..runtime.device import resolve_device
+    from ..runtime.precision import check_precision
+
+    check_precision(s.get("precision", "fp32"), resolve_device(s.get("device", "auto")))
+    engine = s["engine"]["name"]
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; choose engine=naive|batch|bucket|fused")
+    variants = method_variants(s["method"], list(s.get("references") or []))
+    check_engine(variants, engine)
+    for key in ("generalist", "expert"):
+        if not s["model"].get(key):
+            raise ValueError(f"model.{key} is not set: pass model.{key}=<spec> (e.g. local-dir:/path)")
+    parts, skipped = plan_parts(s)
+    cells = []
+    for index, part in enumerate(parts):
+        p = part.settings
+        ctx = Context(data=part.primary, options=p["protocol"], data_root=p["data"].get("root"),
+                      size=int(p["data"].get("size", 28)), has_expert_base=bool(p["model"].get("expert_base")))
+        sets, skips = eval_sets(p["protocol"]["name"], ctx)
+        skipped += skips
+        for es in sets:
+            for v in variants:
+                ident = cell_identity(es, v, p)
+                cells.append(Cell(es, v, cell_key(ident), ident, index))
+    return Plan(cells, skipped, [v.method for v in variants], parts)
+
+
+def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
+    """One Part per expert dataset: `data=all` lists several (those whose file is missing are skipped).
+
+    A model spec may name its dataset as `{dataset}` (conf/model/zoo.yaml: `zoo:expert-{dataset}`), so
+    one model config serves every modality.
+    """
+    data = s["data"]
+    root, size = data.get("root"), int(data.get("size", 28))
+    if data.get("name") != "all":
+        return [_part(s, data, resolve_data(_data_entry(data), root, size))], []
+    names = list(data.get("datasets") or [])
+    if not names:
+        raise ValueError("data=all needs data.datasets, e.g. data.datasets=[retinamnist,ph2]")
+    parts, skipped = [], []
+    for name in names:
+        try:
+            parts.append(_part(s, {**data, "name": name, "datasets": None}, resolve_data(name, root, size)))
+        except FileNotFoundError as err:
+            skipped.append(Skip("all", name, f"not evaluated: {err}"))
+    if not parts:
+        raise FileNotFoundError(f"data=all found none of {names} in {root or '$TCUBE_DATA_DIR or ~/.medmnist'}; "
+                                "set TCUBE_DATA_DIR (or data.root) to the folder with the MedMNIST npz files")
+    return parts, skipped
+
+
+def _part(s: dict[str, Any], data: dict[str, Any], primary: Any) -> Part:
+    model = {k: v.replace("{dataset}", primary.name) if isinstance(v, str) else v for k, v in s["model"].items()}
+    return Part({**s, "model": model, "data": data}, primary)
+
+
+def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a cell's result (its key hashes this)."""
+    model, engine = s["model"], s["engine"]
+    specs = (model["generalist"], model[es.expert])
+    ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs,
+             "engine": engine["name"], "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"},
+             "seed": s["seed"], "limit": cap_limit(s.get("limit"), es.limit), "generalist": specs[0],
+             "expert": specs[1], "prompts": es.prompt_hash()}
+    if any(str(x).startswith("zoo:") for x in specs):
+        ident["zoo_profile"] = model.get("zoo_profile", "default")
+    if s.get("precision", "fp32") != "fp32":  # fp32 rows keep the keys they had before precision existed
+        ident["precision"] = s["precision"]
+    if v.needs_calibration:
+        ident["calibration_source"] = s.get("calibration", "own")  # rows keep "calibration" for what was fitted
+        ident["calibration_limit"] = cap_limit(s.get("limit"), s.get("calibration_limit"))
+    return ident
+
+
+def view_key(identity: dict[str, Any]) -> str:
+    """A cell's identity without the protocol labels: equal keys mean the same images, models and method."""
+    return cell_key({k: v for k, v in identity.items() if k not in ("protocol", "split", "role")})
+
+
+# -- models ----------------------------------------------------------------------------------------
+def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
+    """`zoo:NAME` -> the zoo's local-dir folder (tcube.zoo, imported only then); other specs unchanged."""
+    if not str(spec).startswith("zoo:"):
+        return spec
+    try:
+        from tcube.zoo import resolve_spec
+    except ImportError as err:
+        raise ValueError(f"model spec '{spec}' needs tcube.zoo, which is not available ({err}); use "
+                         "model=local model.generalist=local-dir:/path model.expert=local-dir:/path") from None
+    return resolve_spec(spec, profile=s["model"].get("zoo_profile", "default"), seed=s["seed"], data_root=data_root)
+
+
+def pair_loader(s: dict[str, Any], data_root: str, device: str, dist: Dist = SINGLE) -> Callable[[str], PairInfo]:
+    """role ("expert" | "expert_base") -> the loaded (generalist, role) pair, loaded once, on first use."""
+    from ..models import load_pair
+    from .cache import model_fingerprint
+
+    loaded: dict[str, PairInfo] = {}
+
+    def get(role: str) -> PairInfo:
+        if role not in loaded:
+            specs = (s["model"]["generalist"], s["model"][role])
+            # rank 0 first: a zoo: spec may train the model into the shared store on first use
+            resolved = dist.main_first(lambda: [resolve_model_spec(x, s, data_root) for x in specs])
+            pair = load_pair(*resolved, device=device)
+            loaded[role] = PairInfo(pair, specs, (model_fingerprint(pair.generalist), model_fingerprint(pair.expert)))
+            log.info("loaded %s pair %s (fingerprints %s)", role, specs, loaded[role].fingerprints)
+        return loaded[role]
+
+    return get
+
+
+def _device(name: str, dist: Dist = SINGLE) -> str:
+    from ..runtime.device import resolve_device
+    from .distributed import local_device
+
+    return str(local_device(resolve_device(name), dist))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate every pending cell of `cfg` into `run_dir` (default: Hydra's output dir); returns the summary."""
+    s = to_settings(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    plan = build_plan(s)
+    from .distributed import init_from_env, shutdown
+
+    dist, created = init_from_env(_device(s.get("device", "auto")))  # torchrun: join the group (tcube.harness.distributed)
+    try:
+        return _run(plan, s, run_dir, dist)
+    finally:
+        shutdown(created)
+
+
+def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, Any]:
+    from .loggers import make_logger
+
+    for skip in plan.skipped:
+        log.warning("skipping %s %s: %s", skip.protocol, skip.what, skip.reason)
+    results = ResultsFile(run_dir / RESULTS_NAME)
+
+    def done_keys() -> set[str]:  # rank 0 reads the file; every rank must skip the same cells
+        results.repair()
+        return results.keys()
+
+    groups = plan.groups(dist.from_main(done_keys))
+    pending = sum(len(cells) for *_, cells in groups)
+    log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
+             results.path, pending)
+    # only rank 0 writes; the other ranks compute their share of each cell and return rank 0's summary
+    logger = make_logger((s.get("logger") or {"name": "none"}) if dist.is_main else {"name": "none"}, run_dir, s)
+    try:
+        if groups:
+            evaluate(groups, plan, s, results, logger, dist)
+
+        def outputs() -> dict[str, Any]:
+            rows = rows_in(results.rows(), [c.key for c in plan.cells])
+            summary = write_outputs(rows, plan, s, run_dir, pending)
+            logger.log_summary(summary, rows)
+            return summary
+
+        summary = dist.from_main(outputs)
+    finally:
+        logger.finish()
+    return summary
+
+
+def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunner:
+    """The cell runner of one expert (its models load on first use)."""
+    s, engine = part.settings, part.settings["engine"]
+    return CellRunner(
+        pair_loader(s, str(part.primary.path.parent), _device(s.get("device", "auto"), dist), dist), cache=cache,
+        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
+        text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
+        batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
+        calibration_limit=s.get("calibration_limit"), primary=part.primary, progress=bool(s.get("progress", True)),
+        precision=s.get("precision", "fp32"), dist=dist)
+
+
+def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
+             logger, dist: Dist = SINGLE) -> None:
+    """Compute the pending cells, appending each row as soon as it exists (a kill loses one cell at most)."""
+    from tqdm import tqdm
+
+    cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
+    runner, runner_part = None, None
+    computed: dict[str, tuple[str, dict]] = {}  # view_key -> (key, metrics) of the cell that computed it
+    with tqdm(total=sum(len(c) for *_, c in groups), desc="cells",
+              disable=not (s.get("progress", True) and dist.is_main)) as bar:
+
+        def emit(cell: Cell, metrics: dict) -> None:
+            row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if dist.is_main:  # every rank holds the gathered metrics; one writes them
+                results.append(row)
+                logger.log_row(row)
+            bar.update()
+
+        for part, es, cells in groups:
+            if part != runner_part:  # one expert at a time: the previous one's models are released
+                runner, runner_part = make_runner(plan.parts[part], cache, dist), part
+                log.info("expert %d/%d: %s", part + 1, len(plan.parts), plan.parts[part].primary.name)
+            fresh = []
+            for cell in cells:  # e.g. in_domain and base_to_novel's base set are the same images
+                same = computed.get(view_key(cell.identity))
+                if same is None:
+                    fresh.append(cell)
+                else:
+                    emit(cell, {**same[1], "same_as": same[0]})
+            by_variant = {c.variant: c for c in fresh}
+            for variant, metrics in (runner.run(es, list(by_variant)) if fresh else ()):
+                cell = by_variant[variant]
+                computed[view_key(cell.identity)] = (cell.key, metrics)
+                emit(cell, metrics)
+    log.info("endpoint logits: %d cache hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
+
+
+def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path, computed: int) -> dict[str, Any]:
+    """summary.json and report.md (each replaced atomically), then the figures."""
+    summary = summarize(rows, plan.methods)
+    summary.update(skipped=[dataclasses.asdict(k) for k in plan.skipped],
+                   cells={"planned": len(plan.cells), "computed": computed, "resumed": len(plan.cells) - computed,
+                          "rows": len(rows)},
+                   config=s, run_dir=str(run_dir))
+    experts = [p.settings["model"] for p in plan.parts]
+    meta = {"generalist": s["model"]["generalist"], "expert": ", ".join(m["expert"] for m in experts),
+            "expert_base": s["model"].get("expert_base"), "data": ", ".join(p.primary.name for p in plan.parts),
+            "protocol": s["protocol"]["name"], "engine": s["engine"]["name"], "seed": s["seed"],
+            "limit": s.get("limit"), "cells": len(rows)}
+    write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
+    write_text_atomic(run_dir / "report.md", render_report(summary, rows, meta))
+    if s.get("plots", True) and rows:
+        write_plots(rows, run_dir)
+    return summary
+
+
+def write_plots(rows: list[dict], run_dir: Path) -> None:
+    """Figures are a convenience: a failure is logged, never fatal (the results are already on disk)."""
+    try:
+        import pandas as pd
+
+        from ..reporting.plots import save_all
+
+        written = save_all(pd.DataFrame.from_records(rows), run_dir)
+        log.info("wrote %d figures to %s", len(written), run_dir)
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not draw the figures (%s: %s); results.jsonl, summary.json and report.md are complete",
+                    type(err).__name__, err)
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def cli(cfg: DictConfig) -> None:
+    """Run, turning our own configuration and data errors into one message and exit code 2."""
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TCUBE_DEBUG") == "1":
+            raise
+        print(f"tcube.eval: error: {err}", file=sys.stderr)
+        print("(set TCUBE_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli(cfg)
+
+
+GROUPS = ("model", "data", "method", "engine", "protocol", "logger")
+
+
+def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """`method=foo` with no conf/method/foo.yaml: our message (and exit code 2) instead of Hydra's traceback."""
+    for arg in argv:
+        group, eq, values = arg.lstrip("+").partition("=")
+        if not eq or group not in GROUPS or not (conf_dir / group).is_dir():
+            continue
+        known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        for value in values.split(","):  # a multirun sweep lists several
+            if value and value not in known:
+                raise ValueError(f"unknown {group} '{value}': choose {group}=" + "|".join(known)
+                                 + f" (configs in {conf_dir / group}; add a YAML file there for a new one)")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not (CONF_DIR / "config.yaml").is_file():
+        if not any(a.startswith(("--config-dir", "-cd")) for a in argv):
+            sys.exit(f"tcube.eval: error: no configs at {CONF_DIR}. conf/ lives in the source tree: install "
+                     "tcube with `pip install -e .` from a checkout, or pass --config-dir /path/to/tcube/conf")
+    else:
+        try:
+            check_group_overrides(argv)
+        except ValueError as err:
+            print(f"tcube.eval: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Where and how tensors compute: device choice and mixed precision."""
