@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from common import seeded_images
+
 from tcube import METHODS, Merger, merge_and_predict
 from tcube.core.coefficients import js_divergence, t3_lambda
 

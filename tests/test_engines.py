@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
-
 from common import seeded_images
+
 from tcube.engines import FusedCLIP, TextHeads, make_engine, merged_logits
 from tcube.models.heads import tokenize_prompts
 

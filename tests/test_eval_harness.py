@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from eval_support import NOVEL_GRAY, SYNTH4, compose, make_env, overrides
 
-from tcube.reporting.analysis import load_results
 from tcube.harness.evaluate import cli, run
+from tcube.reporting.analysis import load_results
 
 REQUIRED = ("protocol", "modality", "dataset", "subset", "corruption", "severity", "method", "engine", "n", "top1",
             "balanced_acc", "lambda_mean", "lambda_std", "seconds", "js_mean", "params", "seed", "key")

@@ -10,8 +10,9 @@ import torch
 from eval_support import SYNTH2, SYNTH4, compose, write_npz
 
 from tcube.harness.cache import LogitCache, cache_key, model_fingerprint
+from tcube.io import write_text_atomic
 from tcube.reporting.report import render_report, summarize
-from tcube.reporting.results import ResultsFile, read_rows, write_text_atomic
+from tcube.reporting.results import ResultsFile, read_rows
 
 
 # -- results.jsonl -----------------------------------------------------------------------------------
@@ -158,8 +159,8 @@ def test_corruption_plan_and_cell_keys(data_root):
 
 
 def test_corruption_is_applied_at_native_size_and_seeded_per_image(data_root):
-    from tcube.protocols import resolve_data
     from tcube.harness.runner import CellRunner
+    from tcube.protocols import resolve_data
 
     data = resolve_data(dict(SYNTH4, modality="chest_xray"), data_root)
     as_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # noqa: E731

@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 import torch
-
 from common import seeded_images
+
 from tcube.models import load_model, load_pair, save_local_dir, save_state_dict_file
 
 

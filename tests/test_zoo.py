@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tcube.zoo import model_names, read_manifest, resolve_spec, zoo_dir
-from tcube.zoo import build, store
+from tcube.zoo import build, model_names, read_manifest, resolve_spec, store, zoo_dir
 from tcube.zoo.recipe import Augment, get_recipe
 
 

@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from ..io import json_safe, write_text_atomic
 from ..protocols import (
     Context,
     EvalSet,
@@ -38,14 +39,7 @@ from ..protocols import (
 )
 from ..protocols.base import cap_limit
 from ..reporting.report import render_report, summarize
-from ..reporting.results import (
-    RESULTS_NAME,
-    ResultsFile,
-    cell_key,
-    json_safe,
-    rows_in,
-    write_text_atomic,
-)
+from ..reporting.results import RESULTS_NAME, ResultsFile, cell_key, rows_in
 from .cache import LogitCache
 from .distributed import SINGLE, Dist
 from .runner import CellRunner, PairInfo

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io import json_safe, write_text_atomic
 from .metrics import error_reduction, harmonic_mean, mce, relative_mce
-from .results import json_safe, write_text_atomic
 from .uncertainty import analyze
 
 REFERENCES = ("generalist", "expert")
