@@ -150,7 +150,8 @@ def interpolate(sd_gen: StateDict, sd_exp: StateDict, lam: float) -> dict[str, T
 
 
 def weight_average(state_dicts: Sequence[StateDict]) -> dict[str, Tensor]:
-    """Plain (uniform) mean of the state dicts."""
+    """Plain (uniform) mean of the state dicts (FusionBench's ``simple_average``; mergekit's ``linear``
+    with equal weights)."""
     sds = _as_list(state_dicts, "state_dicts")
     n = len(sds)
 
@@ -164,6 +165,7 @@ def wise_ft(sd_gen: StateDict, sd_exp: StateDict, alpha: float) -> dict[str, Ten
     """WiSE-FT: α·θ_gen + (1 − α)·θ_exp, α ∈ [0, 1] = weight on the **generalist** (tcube's rule).
 
     The WiSE-FT paper's α weights the fine-tuned model instead: paper α = 1 − tcube α.
+    mergekit's ``linear``: ``weight`` α on the generalist and 1 − α on the expert.
     """
     alpha = _in_unit("alpha", alpha)
     return interpolate(sd_gen, sd_exp, alpha)
@@ -223,8 +225,18 @@ def ties(
     the threshold go to the lower flat index (stable sort), so exactly k entries are kept.
     Elect: sign of the sum of trimmed values. Merge: mean over the nonzero trimmed entries whose
     sign equals the elected one; entries with no agreeing value (incl. sum exactly 0) get 0.
-    (The reference code instead gives zero-sum entries the global majority sign; trimming there
-    is global over the flattened model rather than per tensor.)
+
+    Coming from other tools (checked against their code, ``scripts/compare_merges.py``):
+    - FusionBench 0.2.33 (``TiesMergingAlgorithm``; ``threshold`` = density, values > 1 read as
+      percent; ``scaling_factor`` = scale): trims over the whole flattened model, not per tensor;
+      keeps ⌊d·n⌋ + 1 entries (plus threshold ties), so it matches ⌈d·n⌉ only when d·n is not an
+      integer (and ``threshold=1`` fails); sums the agreeing values by default (``merge_func=sum``;
+      ``mean`` is this); a zero-sum entry gets the sign of the majority over the whole model.
+    - mergekit 0.1.5 (``ties``; ``density`` = density, ``lambda`` = scale with ``weight`` 1):
+      per tensor, but keeps max(1, ⌊d·n⌋) entries (threshold ties in no set order); a zero-sum
+      entry is elected + (mean of its positive values).
+    With those mapped (one tensor, d·n chosen so the counts coincide, no zero sums) both agree to
+    float32 rounding.
     """
     density = _finite("density", density)
     if not 0.0 < density <= 1.0:
@@ -264,6 +276,14 @@ def dare(
     θ = θ_base + s·Σ_k τ̃_k. Masks come from a CPU ``torch.Generator`` seeded with ``seed``
     (global RNG untouched), drawn key by key in sorted order (tasks in order within a key):
     deterministic and independent of dict order and device.
+
+    Coming from other tools (checked against their code, ``scripts/compare_merges.py``):
+    - FusionBench 0.2.33 (``DareTaskArithmetic``): ``drop`` = ``sparsity_ratio``, s =
+      ``scaling_factor``, same 1/(1−p) rescale; it draws from the global RNG, and after
+      ``torch.manual_seed(seed)`` with keys in sorted order it draws this mask (one expert).
+    - mergekit 0.1.5 (``dare_linear`` / ``dare_ties``): ``drop`` = 1 − ``density``, and its default
+      rescale (``rescale: true``) restores each tensor's L1 norm, ‖τ‖₁/‖τ̃‖₁, a factor that varies
+      per tensor, instead of 1/(1−p); with ``rescale: false`` and ``weight`` = s/(1−p) it is this.
     """
     drop = _finite("drop", drop)
     if not 0.0 <= drop < 1.0:
