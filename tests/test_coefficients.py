@@ -15,7 +15,6 @@ from tcube.core.coefficients import (
     dawin_offset_stats,
     entropy,
     js_divergence,
-    static_lambda,
     t3_batch_lambda,
     t3_lambda,
 )
@@ -277,15 +276,3 @@ def test_dawin_validation() -> None:
     with pytest.raises(ValueError, match="offset"):
         dawin_lambda(torch.ones(2, 3) / 3, torch.ones(2, 3) / 3, offset=(1.0,))
 
-
-# ----------------------------------------------------------------------------- static
-def test_static_lambda() -> None:
-    like = torch.zeros(5, 3, 8, 8)
-    out = static_lambda(0.3, like)
-    assert out.shape == (5,) and out.dtype == torch.float32 and out.device == like.device
-    torch.testing.assert_close(out, torch.full((5,), 0.3))
-    assert static_lambda(1.0, torch.zeros(2, 4, dtype=torch.float64)).dtype == torch.float64
-    assert static_lambda(0.0, 4).tolist() == [0.0] * 4
-    for bad in (-0.1, 1.1, float("nan")):
-        with pytest.raises(ValueError, match="alpha"):
-            static_lambda(bad, like)

@@ -62,7 +62,7 @@ def test_task_vector_and_arithmetic_hand() -> None:
     # base + 0.5·(τ1 + τ2) = 1 + 0.5·[1, 2, -1, -1]
     torch.testing.assert_close(task_arithmetic(base, [ft1, ft2], scale=0.5)["w"], T([1.5, 2.0, 0.5, 0.5]))
     # a single state dict is accepted; scale 1 with one expert gives the expert back
-    torch.testing.assert_close(task_arithmetic(base, ft1)["w"], ft1["w"])
+    torch.testing.assert_close(task_arithmetic(base, ft1, scale=1.0)["w"], ft1["w"])
     torch.testing.assert_close(task_arithmetic(base, ft1, scale=2.0)["w"], T([3.0, 1.0, -1.0, 1.0]))
 
 
@@ -76,25 +76,25 @@ def test_ties_sign_election_hand() -> None:
     # disjoint mean: [3 (τ2's -1.5 disagrees), 4, -2, 0 (sum 0: none agree), 0]
     ft1 = sd([4.0, 1.5, -1.0, 2.0, 1.1])
     ft2 = sd([-0.5, 5.0, 1.2, 0.0, 1.3])
-    out = ties(base, [ft1, ft2], density=0.6)["w"]
+    out = ties(base, [ft1, ft2], density=0.6, scale=1.0)["w"]
     torch.testing.assert_close(out, T([4.0, 5.0, -1.0, 1.0, 1.0]))
     out_half = ties(base, [ft1, ft2], density=0.6, scale=0.5)["w"]
     torch.testing.assert_close(out_half, T([2.5, 3.0, 0.0, 1.0, 1.0]))
     # differs from plain task arithmetic (1 + τ1 + τ2 = [2.5, 5.5, -0.8, 1, 1.4])
-    assert not torch.allclose(out, task_arithmetic(base, [ft1, ft2])["w"])
+    assert not torch.allclose(out, task_arithmetic(base, [ft1, ft2], scale=1.0)["w"])
 
 
 def test_ties_tie_break_lower_index() -> None:
     base = sd([0.0, 0.0, 0.0, 0.0])
     ft = sd([1.0, -1.0, 1.0, 0.5])  # three entries tie at |1|; k = 2 keeps indices 0 and 1
-    torch.testing.assert_close(ties(base, [ft], density=0.5)["w"], T([1.0, -1.0, 0.0, 0.0]))
+    torch.testing.assert_close(ties(base, [ft], density=0.5, scale=1.0)["w"], T([1.0, -1.0, 0.0, 0.0]))
 
 
 def test_ties_tie_break_large_tensor() -> None:
     # 10_000 equal magnitudes, density 0.3 -> exactly the first 3_000 flat indices are kept
     base = {"w": torch.zeros(100, 100)}
     signs = torch.where(torch.arange(10_000) % 3 == 0, -1.0, 1.0).reshape(100, 100)
-    out = ties(base, [{"w": signs}], density=0.3)["w"].reshape(-1)
+    out = ties(base, [{"w": signs}], density=0.3, scale=1.0)["w"].reshape(-1)
     assert torch.equal(out[:3000], signs.reshape(-1)[:3000])
     assert torch.equal(out[3000:], torch.zeros(7000))
 
@@ -103,13 +103,13 @@ def test_ties_density_one_single_task_is_task_arithmetic() -> None:
     g = torch.Generator().manual_seed(0)
     base = {"w": torch.randn(3, 5, generator=g)}
     ft = {"w": torch.randn(3, 5, generator=g)}
-    torch.testing.assert_close(ties(base, [ft], density=1.0)["w"], ft["w"])
+    torch.testing.assert_close(ties(base, [ft], density=1.0, scale=1.0)["w"], ft["w"])
 
 
 def test_ties_keeps_top_density_fraction_per_tensor() -> None:
     base = {"a": torch.zeros(10), "b": torch.zeros(20)}
     ft = {"a": torch.arange(1.0, 11.0), "b": -torch.arange(1.0, 21.0)}
-    out = ties(base, [ft], density=0.2)
+    out = ties(base, [ft], density=0.2, scale=1.0)
     torch.testing.assert_close(out["a"], T([0.0] * 8 + [9.0, 10.0]))
     torch.testing.assert_close(out["b"], T([0.0] * 16 + [-17.0, -18.0, -19.0, -20.0]))
 
@@ -117,7 +117,7 @@ def test_ties_keeps_top_density_fraction_per_tensor() -> None:
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5, float("nan")])
 def test_ties_bad_density(density: float) -> None:
     with pytest.raises(ValueError, match="density"):
-        ties(sd([0.0]), [sd([1.0])], density=density)
+        ties(sd([0.0]), [sd([1.0])], density=density, scale=1.0)
 
 
 # ----------------------------------------------------------------------------- DARE
@@ -130,10 +130,10 @@ def _dare_inputs():
 
 def test_dare_deterministic_and_seed_dependent() -> None:
     base, fts = _dare_inputs()
-    a = dare(base, fts, drop=0.5, seed=3)
+    a = dare(base, fts, drop=0.5, scale=1.0, seed=3)
     torch.manual_seed(123)  # global RNG must not matter
-    b = dare(base, fts, drop=0.5, seed=3)
-    c = dare(base, fts, drop=0.5, seed=4)
+    b = dare(base, fts, drop=0.5, scale=1.0, seed=3)
+    c = dare(base, fts, drop=0.5, scale=1.0, seed=4)
     for k in base:
         assert torch.equal(a[k], b[k])
     assert not all(torch.equal(a[k], c[k]) for k in base)
@@ -142,10 +142,10 @@ def test_dare_deterministic_and_seed_dependent() -> None:
 def test_dare_does_not_touch_global_rng_and_ignores_dict_order() -> None:
     base, fts = _dare_inputs()
     state = torch.get_rng_state()
-    a = dare(base, fts, drop=0.7, seed=0)
+    a = dare(base, fts, drop=0.7, scale=1.0, seed=0)
     assert torch.equal(state, torch.get_rng_state())
     rev = lambda d: dict(reversed(list(d.items())))  # noqa: E731
-    b = dare(rev(base), [rev(f) for f in fts], drop=0.7, seed=0)
+    b = dare(rev(base), [rev(f) for f in fts], drop=0.7, scale=1.0, seed=0)
     for k in base:
         assert torch.equal(a[k], b[k])
 
@@ -154,7 +154,7 @@ def test_dare_entries_and_expectation() -> None:
     n = 200_000
     base = {"w": torch.zeros(n)}
     ft = {"w": torch.ones(n)}
-    out = dare(base, [ft], drop=0.9, seed=0)["w"]
+    out = dare(base, [ft], drop=0.9, scale=1.0, seed=0)["w"]
     # every entry is dropped (0) or kept and rescaled by 1/(1-0.9) = 10
     assert torch.all((out == 0) | torch.isclose(out, torch.tensor(10.0)))
     assert abs((out != 0).float().mean().item() - 0.1) < 0.005
@@ -173,7 +173,7 @@ def test_dare_hand_small() -> None:
     # drop=0.5: kept entries doubled, so each output entry is base or base + 2τ
     base = sd([1.0, 1.0, 1.0, 1.0])
     ft = sd([2.0, 3.0, 0.0, 1.5])  # τ = [1, 2, -1, .5]
-    out = dare(base, [ft], drop=0.5, seed=0)["w"]
+    out = dare(base, [ft], drop=0.5, scale=1.0, seed=0)["w"]
     for o, tau in zip(out.tolist(), [1.0, 2.0, -1.0, 0.5]):
         assert o == pytest.approx(1.0) or o == pytest.approx(1.0 + 2 * tau)
 
@@ -181,43 +181,75 @@ def test_dare_hand_small() -> None:
 @pytest.mark.parametrize("drop", [1.0, -0.1, 1.5])
 def test_dare_bad_drop(drop: float) -> None:
     with pytest.raises(ValueError, match="drop"):
-        dare(sd([0.0]), [sd([1.0])], drop=drop)
+        dare(sd([0.0]), [sd([1.0])], drop=drop, scale=1.0, seed=0)
 
 
 # ----------------------------------------------------------------------------- SLERP
-def test_slerp_endpoints() -> None:
+def test_slerp_endpoints_alpha_is_weight_on_generalist() -> None:
     a, b = sd([1.0, 2.0, -3.0, 0.5]), sd([-2.0, 0.0, 1.0, 4.0])
-    assert torch.equal(slerp(a, b, 0.0)["w"], a["w"])
-    assert torch.equal(slerp(a, b, 1.0)["w"], b["w"])
+    assert torch.equal(slerp(a, b, alpha=1.0)["w"], a["w"])  # alpha = 1 -> generalist (first argument)
+    assert torch.equal(slerp(a, b, alpha=0.0)["w"], b["w"])  # alpha = 0 -> expert
 
 
 def test_slerp_orthogonal_hand() -> None:
     a, b = sd([1.0, 0.0]), sd([0.0, 1.0])
     c45 = math.cos(math.pi / 4)
-    out = slerp(a, b, 0.5)["w"]
+    out = slerp(a, b, alpha=0.5)["w"]
     torch.testing.assert_close(out, T([c45, c45]))
     assert torch.linalg.vector_norm(out).item() == pytest.approx(1.0, abs=1e-6)  # lerp would give 0.707
-    # t = 1/3: Ω = π/2 -> [sin(π/3), sin(π/6)] = [0.8660, 0.5]
-    torch.testing.assert_close(slerp(a, b, 1 / 3)["w"], T([math.sqrt(3) / 2, 0.5]))
+    # alpha = 2/3 on the generalist, Ω = π/2 -> [sin(π/3), sin(π/6)] = [0.8660, 0.5]
+    torch.testing.assert_close(slerp(a, b, alpha=2 / 3)["w"], T([math.sqrt(3) / 2, 0.5]))
+    torch.testing.assert_close(slerp(a, b, alpha=1 / 3)["w"], T([0.5, math.sqrt(3) / 2]))
     # non-unit orthogonal: combines the original tensors -> 2·[c45, c45]
-    torch.testing.assert_close(slerp(sd([2.0, 0.0]), sd([0.0, 2.0]), 0.5)["w"], T([2 * c45, 2 * c45]))
+    torch.testing.assert_close(slerp(sd([2.0, 0.0]), sd([0.0, 2.0]), alpha=0.5)["w"], T([2 * c45, 2 * c45]))
+
+
+def test_slerp_same_convention_as_wise_ft() -> None:
+    # colinear tensors fall back to lerp, so slerp and wise_ft must agree for every alpha
+    a, b = sd([1.0, 2.0, 3.0]), sd([2.0, 4.0, 6.0])
+    for alpha in (0.0, 0.2, 0.75, 1.0):
+        torch.testing.assert_close(slerp(a, b, alpha=alpha)["w"], wise_ft(a, b, alpha)["w"])
 
 
 def test_slerp_colinear_and_zero_fall_back_to_lerp() -> None:
     a, b = sd([1.0, 2.0, 3.0]), sd([2.0, 4.0, 6.0])
-    torch.testing.assert_close(slerp(a, b, 0.25)["w"], T([1.25, 2.5, 3.75]))  # 0.75a + 0.25b
+    torch.testing.assert_close(slerp(a, b, alpha=0.75)["w"], T([1.25, 2.5, 3.75]))  # 0.75a + 0.25b
     anti = sd([-1.0, -2.0, -3.0])
-    torch.testing.assert_close(slerp(a, anti, 0.25)["w"], T([0.5, 1.0, 1.5]))
-    torch.testing.assert_close(slerp(sd([0.0, 0.0]), sd([1.0, 2.0]), 0.5)["w"], T([0.5, 1.0]))
+    torch.testing.assert_close(slerp(a, anti, alpha=0.75)["w"], T([0.5, 1.0, 1.5]))
+    torch.testing.assert_close(slerp(sd([0.0, 0.0]), sd([1.0, 2.0]), alpha=0.5)["w"], T([0.5, 1.0]))
+    torch.testing.assert_close(slerp(sd([0.0, 0.0]), sd([1.0, 2.0]), alpha=0.25)["w"], T([0.75, 1.5]))
     # scalar tensors (e.g. logit_scale) are colinear by construction
-    out = slerp({"s": T(2.0)}, {"s": T(4.0)}, 0.5)["s"]
+    out = slerp({"s": T(2.0)}, {"s": T(4.0)}, alpha=0.5)["s"]
     torch.testing.assert_close(out, T(3.0))
 
 
-@pytest.mark.parametrize("t", [-0.1, 1.1, float("nan")])
-def test_slerp_bad_t(t: float) -> None:
-    with pytest.raises(ValueError, match="t must"):
-        slerp(sd([1.0]), sd([2.0]), t)
+@pytest.mark.parametrize("alpha", [-0.1, 1.1, float("nan")])
+def test_slerp_bad_alpha(alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha must"):
+        slerp(sd([1.0]), sd([2.0]), alpha=alpha)
+
+
+def test_slerp_alpha_is_keyword_only() -> None:
+    # the old positional third argument weighted the expert: refuse it rather than invert silently
+    with pytest.raises(TypeError):
+        slerp(sd([1.0]), sd([2.0]), 0.3)  # type: ignore[misc]
+
+
+def test_method_coefficients_have_no_defaults() -> None:
+    # defaults live in the method registry only (issue #10: dare's drop had drifted)
+    base, ft = sd([0.0, 1.0]), sd([1.0, 2.0])
+    with pytest.raises(TypeError):
+        task_arithmetic(base, [ft])  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ties(base, [ft], scale=1.0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ties(base, [ft], density=0.5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        dare(base, [ft], scale=1.0, seed=0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        dare(base, [ft], drop=0.5, seed=0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        dare(base, [ft], drop=0.5, scale=1.0)  # type: ignore[call-arg]
 
 
 def test_wise_ft_bad_alpha() -> None:
@@ -233,9 +265,9 @@ def _all_merges(a: dict, b: dict) -> dict[str, dict]:
         "weight_average": weight_average([a, b]),
         "task_vector": task_vector(a, b),
         "task_arithmetic": task_arithmetic(a, [b, b], scale=0.5),
-        "ties": ties(a, [b, b], density=0.5),
-        "dare": dare(a, [b, b], drop=0.5, seed=0),
-        "slerp": slerp(a, b, 0.3),
+        "ties": ties(a, [b, b], density=0.5, scale=1.0),
+        "dare": dare(a, [b, b], drop=0.5, scale=1.0, seed=0),
+        "slerp": slerp(a, b, alpha=0.3),
     }
 
 
@@ -297,15 +329,15 @@ def test_mismatched_keys_and_shapes_raise_naming_key() -> None:
         interpolate(a, missing, 0.5)
     extra = {**a, "head.w": torch.zeros(1)}
     with pytest.raises(ValueError, match="head.w"):
-        task_arithmetic(a, [extra])
+        task_arithmetic(a, [extra], scale=1.0)
     shaped = {"enc.w": torch.zeros(5), "enc.b": torch.zeros(2)}
     with pytest.raises(ValueError, match=r"enc\.w.*\(4,\).*\(5,\)"):
-        ties(a, [shaped])
+        ties(a, [shaped], density=0.5, scale=1.0)
     with pytest.raises(ValueError, match="enc.w"):
-        slerp(a, shaped, 0.5)
+        slerp(a, shaped, alpha=0.5)
     kind = {"enc.w": torch.zeros(4, dtype=torch.int64), "enc.b": torch.zeros(2)}
     with pytest.raises(ValueError, match="enc.w"):
-        dare(a, [kind])
+        dare(a, [kind], drop=0.5, scale=1.0, seed=0)
 
 
 def test_bad_lambda_and_scale() -> None:
@@ -314,4 +346,4 @@ def test_bad_lambda_and_scale() -> None:
     with pytest.raises(ValueError, match="scale"):
         task_arithmetic(sd([1.0]), [sd([2.0])], scale=float("inf"))
     with pytest.raises(ValueError):
-        task_arithmetic(sd([1.0]), [])
+        task_arithmetic(sd([1.0]), [], scale=1.0)

@@ -1,4 +1,4 @@
-"""Merging coefficients: JS divergence, entropy, and the T^3 / T^3_B / DaWin / static rules.
+"""Merging coefficients: JS divergence, entropy, and the T^3 / T^3_B / DaWin rules.
 
 Pure torch functions, batched over leading dimensions. tcube's one convention: every λ returned
 here is the **weight on the generalist**, θ = λ·θ_gen + (1 − λ)·θ_exp.
@@ -18,7 +18,6 @@ __all__ = [
     "t3_batch_lambda",
     "dawin_lambda",
     "dawin_offset_stats",
-    "static_lambda",
 ]
 
 _LN2 = math.log(2.0)
@@ -224,21 +223,3 @@ def dawin_lambda(
     w_exp = (e_exp + c / w) / (e_gen + e_exp + c)
     return 1.0 - w_exp
 
-
-def static_lambda(alpha: float, like: Tensor | int, *, batch_dims: int = 1) -> Tensor:
-    """Constant λ = alpha with ``like``'s batch shape (its first ``batch_dims`` dims) and device.
-
-    ``like`` may also be an int batch size. float32 (float64 if ``like`` is float64).
-    """
-    alpha = _check_scalar("alpha", alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if isinstance(like, int):
-        if like < 0:
-            raise ValueError(f"batch size must be >= 0, got {like}")
-        return torch.full((like,), alpha, dtype=torch.float32)
-    like = torch.as_tensor(like)
-    if batch_dims < 0:
-        raise ValueError(f"batch_dims must be >= 0, got {batch_dims}")
-    dt = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.full(tuple(like.shape[:batch_dims]), alpha, dtype=dt, device=like.device)

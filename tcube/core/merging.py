@@ -1,7 +1,9 @@
 """Static merges of state dicts (``dict[str, Tensor]``), FusionBench style: pure functions.
 
 Conventions (all functions):
-- λ / α is the **weight on the generalist** (tcube's one convention).
+- λ / α is the **weight on the generalist** (tcube's one convention), ``slerp`` included.
+- Method coefficients (``scale``, ``density``, ``drop``, ``seed``, ``alpha``) have no defaults here:
+  the defaults live in one place, the method registry (``tcube.methods``).
 - Arithmetic in float32 (float64 if any input of that key is float64); each result is cast back
   to the dtype of the first (base) state dict's tensor.
 - Non-floating tensors (int/bool buffers) are copied from the first (base) state dict, never merged.
@@ -148,7 +150,8 @@ def interpolate(sd_gen: StateDict, sd_exp: StateDict, lam: float) -> dict[str, T
 
 
 def weight_average(state_dicts: Sequence[StateDict]) -> dict[str, Tensor]:
-    """Plain (uniform) mean of the state dicts."""
+    """Plain (uniform) mean of the state dicts (FusionBench's ``simple_average``; mergekit's ``linear``
+    with equal weights)."""
     sds = _as_list(state_dicts, "state_dicts")
     n = len(sds)
 
@@ -162,6 +165,7 @@ def wise_ft(sd_gen: StateDict, sd_exp: StateDict, alpha: float) -> dict[str, Ten
     """WiSE-FT: α·θ_gen + (1 − α)·θ_exp, α ∈ [0, 1] = weight on the **generalist** (tcube's rule).
 
     The WiSE-FT paper's α weights the fine-tuned model instead: paper α = 1 − tcube α.
+    mergekit's ``linear``: ``weight`` α on the generalist and 1 − α on the expert.
     """
     alpha = _in_unit("alpha", alpha)
     return interpolate(sd_gen, sd_exp, alpha)
@@ -174,9 +178,13 @@ def task_vector(base: StateDict, finetuned: StateDict) -> dict[str, Tensor]:
 
 
 def task_arithmetic(
-    base: StateDict, finetuned: StateDict | Sequence[StateDict], scale: float = 1.0
+    base: StateDict, finetuned: StateDict | Sequence[StateDict], scale: float
 ) -> dict[str, Tensor]:
-    """θ_base + s·Σ_k τ_k with τ_k = θ_k − θ_base (``finetuned``: one state dict or a sequence)."""
+    """θ_base + s·Σ_k τ_k with τ_k = θ_k − θ_base (``finetuned``: one state dict or a sequence).
+
+    Same as FusionBench's ``task_arithmetic_merge`` (``scaling_factor`` = s) and mergekit's
+    ``task_arithmetic`` (``weight`` = s per model, or ``lambda`` = s with weight 1).
+    """
     scale = _finite("scale", scale)
     fts = _as_list(finetuned, "finetuned")
 
@@ -208,8 +216,8 @@ def ties(
     base: StateDict,
     finetuned: StateDict | Sequence[StateDict],
     *,
-    density: float = 0.2,
-    scale: float = 1.0,
+    density: float,
+    scale: float,
 ) -> dict[str, Tensor]:
     """TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean; θ = θ_base + s·merged.
 
@@ -217,8 +225,18 @@ def ties(
     the threshold go to the lower flat index (stable sort), so exactly k entries are kept.
     Elect: sign of the sum of trimmed values. Merge: mean over the nonzero trimmed entries whose
     sign equals the elected one; entries with no agreeing value (incl. sum exactly 0) get 0.
-    (The reference code instead gives zero-sum entries the global majority sign; trimming there
-    is global over the flattened model rather than per tensor.)
+
+    Coming from other tools (checked against their code, ``scripts/compare_merges.py``):
+    - FusionBench 0.2.33 (``TiesMergingAlgorithm``; ``threshold`` = density, values > 1 read as
+      percent; ``scaling_factor`` = scale): trims over the whole flattened model, not per tensor;
+      keeps ⌊d·n⌋ + 1 entries (plus threshold ties), so it matches ⌈d·n⌉ only when d·n is not an
+      integer (and ``threshold=1`` fails); sums the agreeing values by default (``merge_func=sum``;
+      ``mean`` is this); a zero-sum entry gets the sign of the majority over the whole model.
+    - mergekit 0.1.5 (``ties``; ``density`` = density, ``lambda`` = scale with ``weight`` 1):
+      per tensor, but keeps max(1, ⌊d·n⌋) entries (threshold ties in no set order); a zero-sum
+      entry is elected + (mean of its positive values).
+    With those mapped (one tensor, d·n chosen so the counts coincide, no zero sums) both agree to
+    float32 rounding.
     """
     density = _finite("density", density)
     if not 0.0 < density <= 1.0:
@@ -249,15 +267,23 @@ def dare(
     base: StateDict,
     finetuned: StateDict | Sequence[StateDict],
     *,
-    drop: float = 0.9,
-    scale: float = 1.0,
-    seed: int = 0,
+    drop: float,
+    scale: float,
+    seed: int,
 ) -> dict[str, Tensor]:
     """DARE (Yu et al., 2024): drop each task-vector entry w.p. ``drop``, rescale kept by 1/(1−drop).
 
     θ = θ_base + s·Σ_k τ̃_k. Masks come from a CPU ``torch.Generator`` seeded with ``seed``
     (global RNG untouched), drawn key by key in sorted order (tasks in order within a key):
     deterministic and independent of dict order and device.
+
+    Coming from other tools (checked against their code, ``scripts/compare_merges.py``):
+    - FusionBench 0.2.33 (``DareTaskArithmetic``): ``drop`` = ``sparsity_ratio``, s =
+      ``scaling_factor``, same 1/(1−p) rescale; it draws from the global RNG, and after
+      ``torch.manual_seed(seed)`` with keys in sorted order it draws this mask (one expert).
+    - mergekit 0.1.5 (``dare_linear`` / ``dare_ties``): ``drop`` = 1 − ``density``, and its default
+      rescale (``rescale: true``) restores each tensor's L1 norm, ‖τ‖₁/‖τ̃‖₁, a factor that varies
+      per tensor, instead of 1/(1−p); with ``rescale: false`` and ``weight`` = s/(1−p) it is this.
     """
     drop = _finite("drop", drop)
     if not 0.0 <= drop < 1.0:
@@ -285,32 +311,40 @@ _DOT_THRESHOLD = 0.9995
 _NORM_EPS = 1e-8
 
 
-def slerp(sd_a: StateDict, sd_b: StateDict, t: float) -> dict[str, Tensor]:
-    """Per-tensor spherical interpolation (mergekit's formulation); t=0 → a, t=1 → b.
+def slerp(sd_gen: StateDict, sd_exp: StateDict, *, alpha: float) -> dict[str, Tensor]:
+    """Per-tensor spherical interpolation; ``alpha`` ∈ [0, 1] = weight on the **generalist**.
 
-    The angle comes from the normalised flattened tensors; the result combines the original
-    tensors: sin((1−t)Ω)/sin Ω·a + sin(tΩ)/sin Ω·b. Linear interpolation when nearly colinear
-    (|cos Ω| > 0.9995) or when either norm is 0.
+    alpha = 1 → generalist, alpha = 0 → expert (as ``wise_ft``). With Ω the angle between the
+    flattened tensors, θ = sin(αΩ)/sin Ω·θ_gen + sin((1−α)Ω)/sin Ω·θ_exp: the original tensors
+    are combined, only the angle uses normalised ones. Linear interpolation α·θ_gen + (1−α)·θ_exp
+    when nearly colinear or antiparallel (|cos Ω| > 0.9995) or when either norm is ≤ 1e-8.
+
+    Coming from FusionBench (``slerp(t, v0, v1)``) or mergekit (``slerp`` with ``t``), both with
+    the generalist as the first/base model: their ``t`` weights the *expert*, so t = 1 − alpha.
+    With that mapping the results agree to float32 rounding, except for a zero-norm tensor:
+    both references then use the slerp formula with Ω = π/2 (e.g. cos(tπ/2)·v0 for v1 = 0) where
+    tcube interpolates linearly.
     """
-    t = _in_unit("t", t)
+    alpha = _in_unit("alpha", alpha)
+    t = 1.0 - alpha  # weight on the expert
 
     def fn(_k: str, ts: list[Tensor]) -> Tensor:
         a, b = ts
-        if t == 0.0:
+        if alpha == 1.0:
             return a.clone()
-        if t == 1.0:
+        if alpha == 0.0:
             return b.clone()
         na = torch.linalg.vector_norm(a)
         nb = torch.linalg.vector_norm(b)
         if float(na) <= _NORM_EPS or float(nb) <= _NORM_EPS:
-            return (1.0 - t) * a + t * b
+            return alpha * a + t * b
         dot = float(((a / na) * (b / nb)).sum().clamp(-1.0, 1.0))
         if abs(dot) > _DOT_THRESHOLD:
-            return (1.0 - t) * a + t * b
+            return alpha * a + t * b
         omega = math.acos(dot)
         sin_omega = math.sin(omega)
-        s0 = math.sin((1.0 - t) * omega) / sin_omega
-        s1 = math.sin(t * omega) / sin_omega
-        return s0 * a + s1 * b
+        s_gen = math.sin(alpha * omega) / sin_omega
+        s_exp = math.sin(t * omega) / sin_omega
+        return s_gen * a + s_exp * b
 
-    return _merge([sd_a, sd_b], fn)
+    return _merge([sd_gen, sd_exp], fn)
