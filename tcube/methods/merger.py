@@ -211,7 +211,7 @@ class Merger:
                 "task_arithmetic": lambda: merging.task_arithmetic(gen, [exp], p["scale"]),
                 "ties": lambda: merging.ties(gen, [exp], density=p["density"], scale=p["merge_scale"]),
                 "dare": lambda: merging.dare(gen, [exp], drop=p["drop"], scale=p["merge_scale"], seed=p["seed"]),
-                "slerp": lambda: merging.slerp(gen, exp, 1.0 - p["alpha"]),
+                "slerp": lambda: merging.slerp(gen, exp, alpha=p["alpha"]),
             }[method]()
             model = copy.deepcopy(self.expert)
             model.load_state_dict(state)
