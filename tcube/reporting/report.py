@@ -111,7 +111,7 @@ def _corruption(rows: list[dict], methods: Sequence[str]) -> dict[str, Any]:
         ce = {c: corruption_error(em[c], er[c]) for c in common}
         ces[m] = {c: v for c, v in ce.items() if defined(v) is not None}
         if len(ces[m]) < len(common):
-            notes.append(f"{m}: CE {ZERO_REFERENCE_NOTE}: the generalist makes no error under "
+            notes.append(f"CE {ZERO_REFERENCE_NOTE}: the generalist makes no error under "
                          f"{sorted(set(common) - set(ces[m]))}")
         out_mce[m] = defined(mean_defined(list(ce.values())))
         out_rel[m] = None
