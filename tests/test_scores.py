@@ -99,7 +99,8 @@ def test_formulas_work_element_wise_on_bootstrap_draws():
     assert np.allclose(corruption_error([draws_m, draws_m], [draws_r, draws_r]), [50.0, np.nan, 0.0], equal_nan=True)
     assert np.allclose(mean_defined([np.array([50.0, np.nan]), np.array([100.0, np.nan])]), [75.0, np.nan],
                        equal_nan=True)
-    assert list(harmonic_mean(np.array([60.0, 0.0]), np.array([40.0, 0.0]))) == pytest.approx([48.0, 0.0])
+    assert np.allclose(harmonic_mean(np.array([60.0, 0.0, np.nan]), np.array([40.0, 0.0, 50.0])), [48.0, 0.0, np.nan],
+                       equal_nan=True)
 
 
 # -- the zero-reference rule: a reference error (or degradation) below 1e-9 points makes a ratio undefined --

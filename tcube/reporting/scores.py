@@ -140,8 +140,9 @@ def error_reduction(err_method: Any, err_ref: Any) -> Any:
 def harmonic_mean(base: Any, novel: Any) -> Any:
     """Harmonic mean of base and novel accuracy; 0 when both are 0 (one of them 0 already gives 0)."""
     a, b = np.asarray(base, dtype=np.float64), np.asarray(novel, dtype=np.float64)
+    zero = a + b == 0  # NaN (an undefined draw) stays NaN
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _out(np.where(a + b > 0, 2 * a * b / np.where(a + b > 0, a + b, 1.0), 0.0))
+        return _out(np.where(zero, 0.0, 2 * a * b / np.where(zero, 1.0, a + b)))
 
 
 def defined(value: Any) -> float | None:
