@@ -7,7 +7,8 @@ harmonic mean for base_to_novel. Runs with several experts also get a headline: 
 modalities of each protocol's score. Every score carries a bootstrap interval and paired differences
 against WiSE-FT (α = 0.5), the expert and the generalist (tcube.reporting.uncertainty); the majority-class
 baseline, temperature calibration, validation-chosen coefficients and routing diagnostics get small
-tables of their own (tcube.reporting.tables).
+tables of their own (tcube.reporting.tables). Every formula (and the zero-reference rule for ratios) is
+tcube.reporting.scores'; point_summary (the numbers without intervals) is what the plots' tables read.
 
 `python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` merges runs (or Hydra sweep folders) into one
 report: runs differing only by seed become mean ± std over seeds (tcube.reporting.aggregate).
