@@ -1,7 +1,29 @@
 """tcube: test-time task-adaptive merging (T^3) of medical vision-language models."""
-from .api import merge_and_predict
-from .methods import METHODS, MergeOutput, Merger
-from .models import ModelPair, load_model, load_pair
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["METHODS", "MergeOutput", "Merger", "ModelPair", "load_model", "load_pair", "merge_and_predict"]
+
+# Loaded on first use, so that `import tcube.reporting` (results, scores, reports) loads no model code.
+_LAZY = {"merge_and_predict": ".api", "METHODS": ".methods", "MergeOutput": ".methods", "Merger": ".methods",
+         "ModelPair": ".models", "load_model": ".models", "load_pair": ".models"}
+
+if TYPE_CHECKING:
+    from .api import merge_and_predict
+    from .methods import METHODS, MergeOutput, Merger
+    from .models import ModelPair, load_model, load_pair
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

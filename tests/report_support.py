@@ -52,3 +52,53 @@ def synthetic_rows(experts=("retinamnist", "pneumoniamnist"), *, seed: int = 0, 
                 skill = SKILL[m] - drop * (1.5 if m == "expert" else 1.0)
                 rows.append(_row(expert, protocol, dataset, m, _bits(rng, skill, n), seed=seed, gamma=gamma, **kw))
     return rows
+
+
+# -- one realistic run for the consistency test: every protocol and split, many corruptions, all 14 kinds of rows --
+RUN_METHODS = ("generalist", "expert", "ensemble", "wise_ft", "ties", "t3", "t3_batch", "t3_cal", "wise_ft_cal")
+RUN_SKILL = {"generalist": 0.55, "expert": 0.72, "ensemble": 0.66, "wise_ft": 0.70, "ties": 0.62, "t3": 0.73,
+             "t3_batch": 0.71, "t3_cal": 0.74, "wise_ft_cal": 0.71}
+RUN_KINDS = {"generalist": "endpoint", "expert": "endpoint", "ensemble": "ensemble", "wise_ft": "static",
+             "ties": "static", "t3": "per_sample", "t3_batch": "per_batch", "t3_cal": ["per_sample", "tuned"],
+             "wise_ft_cal": ["static", "tuned"]}
+
+
+def run_rows(experts=("retinamnist", "dermamnist"), *, seed: int = 0, n: int = 48, kinds: bool = True,
+             corruptions=("gaussian_noise", "pixelate", "contrast"), severities=(1, 2, 3)) -> list[dict]:
+    """Rows of one `data=all protocol=all` run: in_domain, base_to_novel split=modality (base + novel datasets) and
+    split=class (base / novel subsets), corruption (clean + corruptions × severities); per-image `correct` and
+    `lambda_per_image`; `method_kind` unless `kinds=False` (rows written before the field existed)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for expert in experts:
+        others = [e for e in experts if e != expert] + ["ph2"]
+        views = [("in_domain", expert, {}), ("base_to_novel", expert, {"split": "modality", "role": "base"})]
+        views += [("base_to_novel", o, {"split": "modality", "role": "novel"}) for o in others]
+        views += [("base_to_novel", expert, {"split": "class", "role": r, "subset": r}) for r in ("base", "novel")]
+        views += [("corruption", expert, {})]
+        views += [("corruption", expert, {"corruption": c, "severity": s}) for c in corruptions for s in severities]
+        for protocol, dataset, kw in views:
+            kw = dict(kw)
+            subset = kw.pop("subset", "all")
+            drop = 0.06 * kw.get("severity", 0) + (0.15 if kw.get("role") == "novel" else 0.0)
+            for m in RUN_METHODS:
+                skill = RUN_SKILL[m] - drop * (1.5 if m == "expert" else 1.0)
+                row = _row(expert, protocol, dataset, m, _bits(rng, max(skill, 0.02), n), seed=seed, **kw)
+                row["subset"] = subset
+                row["key"] += f"-{subset}"
+                lam = {"generalist": 1.0, "expert": 0.0}.get(m, 0.5)
+                per_image = (0.5 + 0.1 * rng.random(n)) if m in ("t3", "t3_cal") else np.full(n, lam)
+                row["lambda_per_image"] = [round(float(v), 6) for v in per_image] if m.startswith("t3") else None
+                row["lambda_mean"] = float(np.mean(per_image))
+                row["js_mean"] = float(0.05 + 0.02 * kw.get("severity", 0))
+                row["balanced_acc"] = max(0.0, row["top1"] - 3.0)
+                if m in ("t3", "t3_cal", "dawin"):
+                    row["diagnostics"]["spearman_lambda_expert_error"] = float(rng.uniform(0.1, 0.4))
+                row["diagnostics"]["auroc_js_gen_right_exp_wrong"] = float(rng.uniform(0.5, 0.8))
+                row["majority_top1"] = 50.0 + (10.0 if dataset == expert else 0.0)
+                if m != "t3_cal":
+                    row.pop("calibration", None)
+                if kinds:
+                    row["method_kind"] = RUN_KINDS[m]
+                rows.append(row)
+    return rows

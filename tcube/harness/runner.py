@@ -30,7 +30,7 @@ from ..methods.merger import ADAPTIVE, Merger
 from ..models.loading import ModelPair
 from ..protocols.base import DataRef, EvalSet, Variant, cap_limit
 from ..reporting.diagnostics import routing_diagnostics
-from ..reporting.metrics import balanced_accuracy, top1
+from ..reporting.scores import balanced_accuracy, top1
 from ..reporting.stats import majority_baseline
 from ..runtime.device import pin
 from .cache import LogitCache, cache_key, model_fingerprint

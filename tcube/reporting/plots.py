@@ -1,7 +1,10 @@
 """Plots of a results table (tcube.reporting.analysis.load_results), shared by `tcube.eval` and the notebook.
 
-Each function takes the DataFrame of results.jsonl rows and returns a matplotlib Figure; it never
-touches pyplot's global state, so it works headless and inside notebooks alike.
+Each plot function takes the DataFrame of results.jsonl rows and returns a matplotlib Figure; it never
+touches pyplot's global state, so it works headless and inside notebooks alike. The tables (headline_table,
+mce_table, routing_table) hold no score definitions of their own: they read summary.json's point scores
+(tcube.reporting.report.point_summary) and routing diagnostics (tcube.reporting.tables), per run folder, and
+average over run folders when the DataFrame holds several runs.
 """
 from __future__ import annotations
 
@@ -12,22 +15,42 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..io import atomic_write
-from ..methods.merger import ADAPTIVE, METHODS
-from .metrics import mce
+from .results import ADAPTIVE, LEGACY_KINDS, method_order, methods_of_kind
 
-DYNAMIC = ADAPTIVE
+BUILT_IN = list(LEGACY_KINDS)  # fixed colours for the built-in methods (rows of any age)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """DataFrame rows as results.jsonl dicts again: a missing value (NaN) becomes None, as in the file."""
+    return [{k: (None if _missing(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
 
 
 def _ordered_methods(df: pd.DataFrame) -> list[str]:
-    present = set(df["method"])
-    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    return method_order({"method": m} for m in df["method"]) if len(df) else []
+
+
+def _adaptive(df: pd.DataFrame) -> list[str]:
+    """Methods whose λ is computed from the test inputs (kind per_sample / per_batch, from the rows)."""
+    return methods_of_kind(_records(df[["method", "method_kind"]] if "method_kind" in df else df[["method"]]),
+                           *ADAPTIVE)
+
+
+def _per_run(df: pd.DataFrame):
+    """(run folder, its rows) for each run in the DataFrame (one group when it has no run_dir column)."""
+    if "run_dir" not in df or df["run_dir"].nunique() <= 1:
+        return [(None, _records(df))]
+    return [(run, _records(sub)) for run, sub in df.groupby("run_dir", sort=False)]
 
 
 def method_color(method: str):
-    """One fixed colour per method (tab20 in tcube.methods.merger.METHODS order): 14 methods outrun the 10-colour cycle."""
+    """One fixed colour per method (tab20 in the built-in methods' order): 14 methods outrun the 10-colour cycle."""
     from matplotlib import colormaps
 
-    index = METHODS.index(method) if method in METHODS else len(METHODS) + sum(map(ord, method)) % 6
+    index = BUILT_IN.index(method) if method in BUILT_IN else len(BUILT_IN) + sum(map(ord, method)) % 6
     return colormaps["tab20"](index % 20)
 
 
@@ -49,23 +72,14 @@ def accuracy_by_method(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def mce_table(df: pd.DataFrame, reference: str = "generalist") -> pd.Series:
-    """mCE per method (generalist = 100), over the datasets evaluated under corruption."""
-    corr = df[(df["protocol"] == "corruption") & (df["severity"] > 0)]
-    if corr.empty or reference not in set(corr["method"]):
-        return pd.Series(dtype=float)
-    values = {}
-    for method, rows in corr.groupby("method"):
-        per_dataset = []
-        for dataset, sub in rows.groupby("dataset"):
-            ref = corr[(corr["method"] == reference) & (corr["dataset"] == dataset)]
-            err = {c: list(100 - g.sort_values("severity")["top1"]) for c, g in sub.groupby("corruption")}
-            err_ref = {c: list(100 - g.sort_values("severity")["top1"]) for c, g in ref.groupby("corruption")}
-            if set(err) == set(err_ref):
-                per_dataset.append(mce(err, err_ref))
-        if per_dataset:
-            values[method] = float(np.mean(per_dataset))
-    return pd.Series(values).reindex([m for m in _ordered_methods(corr) if m in values])
+def mce_table(df: pd.DataFrame) -> pd.Series:
+    """summary.json's mCE per method (generalist = 100; mean over expert modalities, then over run folders)."""
+    from .report import point_summary
+
+    per_run = [point_summary(rows).get("mce") or {} for _, rows in _per_run(df)]
+    values = {m: float(np.mean(v)) for m in _ordered_methods(df)
+              if (v := [p[m] for p in per_run if p.get(m) is not None])}
+    return pd.Series(values, dtype=float)
 
 
 def mce_by_method(df: pd.DataFrame) -> Figure:
@@ -82,7 +96,7 @@ def mce_by_method(df: pd.DataFrame) -> Figure:
 
 def lambda_vs_severity(df: pd.DataFrame) -> Figure:
     """Mean λ (weight on the generalist) per corruption severity, for the per-sample/batch methods."""
-    corr = df[(df["protocol"] == "corruption") & df["method"].isin(DYNAMIC)]
+    corr = df[(df["protocol"] == "corruption") & df["method"].isin(_adaptive(df))]
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for method, rows in corr.groupby("method"):
@@ -97,7 +111,7 @@ def lambda_vs_severity(df: pd.DataFrame) -> Figure:
 
 def lambda_vs_js(df: pd.DataFrame) -> Figure:
     """Per evaluated cell: mean λ against mean JS(p_gen‖p_exp), coloured by protocol."""
-    rows = df[df["method"].isin(DYNAMIC) & df["js_mean"].notna()]
+    rows = df[df["method"].isin(_adaptive(df)) & df["js_mean"].notna()]
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for protocol, sub in rows.groupby("protocol"):
@@ -110,15 +124,20 @@ def lambda_vs_js(df: pd.DataFrame) -> Figure:
 
 
 def routing_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over eval sets of the JS routing diagnostics, per (expert modality, protocol); the generalist's rows
-    carry the uncalibrated JS every method sees (runner: `diagnostics` on each row)."""
+    """summary.json's routing diagnostics (tcube.reporting.tables.diagnostics_table): per (expert modality,
+    protocol), the mean over eval sets of JS's AUROC and Spearman ρ; averaged over run folders."""
+    from .tables import diagnostics_table
+
+    keys = ["auroc_js_gen_right_exp_wrong", "spearman_js_expert_error"]
     if "diagnostics" not in df or df["diagnostics"].isna().all():
         return pd.DataFrame()
-    rows = df[(df["method"] == "generalist") & df["diagnostics"].notna()]
-    keys = ["auroc_js_gen_right_exp_wrong", "spearman_js_expert_error"]
-    table = pd.DataFrame([{k: d.get(k) for k in keys} for d in rows["diagnostics"]], index=rows.index, dtype=float)
-    table["protocol"] = rows["protocol"]
-    table["expert_data"] = rows["expert_data"].fillna("expert") if "expert_data" in rows else "expert"
+    entries = [{"expert_data": "expert" if d["expert_data"] is None else d["expert_data"], "protocol": d["protocol"],
+                **{k: d[k] for k in keys}}
+               for _, rows in _per_run(df) for d in diagnostics_table(rows, [])
+               if d["expert_data"] != "all modalities"]
+    if not entries:
+        return pd.DataFrame()
+    table = pd.DataFrame(entries).astype({k: float for k in keys})
     return table.groupby(["expert_data", "protocol"])[keys].mean()
 
 
@@ -144,10 +163,20 @@ def routing_auroc(df: pd.DataFrame) -> Figure:
 
 
 def headline_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean top-1 (%) of the clean cells, method × protocol (methods in tcube's order)."""
-    clean = df[df["severity"].fillna(0) == 0]
-    table = clean.pivot_table(index="method", columns="protocol", values="top1", aggfunc="mean")
-    return table.reindex([m for m in _ordered_methods(clean) if m in table.index])
+    """Mean top-1 (%) of the clean cells, method × protocol, from summary.json's point scores: in_domain top-1,
+    base_to_novel top-1 (base and novel cells), corruption clean top-1; mean over experts, then run folders."""
+    from .report import point_summary
+
+    clean = {"in_domain": "top1", "base_to_novel": "top1", "corruption": "clean_top1"}
+    per_run = [point_summary(rows)["protocols"] for _, rows in _per_run(df)]
+    protocols = sorted({p for run in per_run for p in run if p in clean})
+    table = pd.DataFrame({p: {m: np.mean(v) for m in _ordered_methods(df)
+                              if (v := [run[p][clean[p]][m] for run in per_run
+                                        if p in run and run[p][clean[p]].get(m) is not None])}
+                          for p in protocols}, dtype=float)
+    table = table.dropna(axis=1, how="all")  # a protocol without clean cells (corruption rows of severity > 0 only)
+    table.index.name, table.columns.name = "method", "protocol"
+    return table.reindex([m for m in _ordered_methods(df) if m in table.index])
 
 
 def accuracy_vs_severity(df: pd.DataFrame) -> Figure:
@@ -155,9 +184,10 @@ def accuracy_vs_severity(df: pd.DataFrame) -> Figure:
     corr = df[df["protocol"] == "corruption"]
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
+    adaptive = _adaptive(corr) if not corr.empty else []
     for method in _ordered_methods(corr) if not corr.empty else []:
         curve = corr[corr["method"] == method].groupby("severity")["top1"].mean()
-        ax.plot(curve.index, curve.values, marker="o", label=method, ls="--" if method not in DYNAMIC else "-",
+        ax.plot(curve.index, curve.values, marker="o", label=method, ls="--" if method not in adaptive else "-",
                 color=method_color(method))
     ax.set_xlabel("corruption severity (0 = clean)")
     ax.set_ylabel("top-1 (%), mean over corruptions")
@@ -177,11 +207,11 @@ def _lambdas(rows: pd.DataFrame) -> np.ndarray:
 def lambda_distribution(df: pd.DataFrame) -> Figure:
     """Spread of λ (weight on the generalist) per protocol: one box per (protocol, sample-wise method),
     over every test image (older runs without per-image λ: over the cells' mean λ)."""
-    rows = df[df["method"].isin(DYNAMIC) & df["lambda_mean"].notna()]
+    rows = df[df["method"].isin(_adaptive(df)) & df["lambda_mean"].notna()]
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     protocols = sorted(rows["protocol"].unique()) if not rows.empty else []
-    methods = [m for m in DYNAMIC if m in set(rows["method"])]
+    methods = _adaptive(rows) if not rows.empty else []
     width = 0.8 / max(1, len(methods))
     for k, method in enumerate(methods):
         data = [_lambdas(rows[(rows["protocol"] == p) & (rows["method"] == method)]) for p in protocols]

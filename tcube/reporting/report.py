@@ -7,7 +7,8 @@ harmonic mean for base_to_novel. Runs with several experts also get a headline: 
 modalities of each protocol's score. Every score carries a bootstrap interval and paired differences
 against WiSE-FT (α = 0.5), the expert and the generalist (tcube.reporting.uncertainty); the majority-class
 baseline, temperature calibration, validation-chosen coefficients and routing diagnostics get small
-tables of their own (tcube.reporting.tables).
+tables of their own (tcube.reporting.tables). Every formula (and the zero-reference rule for ratios) is
+tcube.reporting.scores'; point_summary (the numbers without intervals) is what the plots' tables read.
 
 `python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` merges runs (or Hydra sweep folders) into one
 report: runs differing only by seed become mean ± std over seeds (tcube.reporting.aggregate).
@@ -27,15 +28,21 @@ from typing import Any
 import numpy as np
 
 from ..io import json_safe, write_text_atomic
-from .metrics import error_reduction, harmonic_mean, mce, relative_mce
+from .results import method_order
+from .scores import (
+    corruption_error,
+    defined,
+    error,
+    error_reduction,
+    harmonic_mean,
+    mean_defined,
+    relative_corruption_error,
+)
 from .uncertainty import analyze
 
 REFERENCES = ("generalist", "expert")
-FORGETTING_NOTE = (
-    "With the tcube zoo pair the generalist was trained on every modality, so split=modality measures how "
-    "much of the novel modalities the expert (and each merge) forgot relative to the generalist, not "
-    "zero-shot transfer to unseen modalities."
-)
+ZERO_REFERENCE_NOTE = ("undefined (–) where the reference's error, or its growth under a corruption, is below "
+                       "1e-9 points (zero-reference rule, tcube.reporting.scores)")
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -50,22 +57,18 @@ def _by(rows: Iterable[dict], *fields: str) -> dict[tuple, list[dict]]:
     return out
 
 
-def _reduction(err: float | None, ref: float | None) -> float | None:
-    if err is None or ref is None or ref <= 0:
-        return None  # undefined when the reference makes no error
-    return error_reduction(err, ref)
-
-
 def _reductions(top: dict[str, float | None]) -> dict[str, dict[str, float | None]]:
-    err = {m: None if v is None else 100.0 - v for m, v in top.items()}
-    return {f"error_reduction_vs_{ref}": {m: _reduction(e, err.get(ref)) for m, e in err.items()}
+    """Error reduction of each method's top-1 against each reference's (scores.error_reduction)."""
+    return {f"error_reduction_vs_{ref}": {m: None if v is None or top.get(ref) is None
+                                          else defined(error_reduction(error(v), error(top[ref])))
+                                          for m, v in top.items()}
             for ref in REFERENCES}
 
 
 def _in_domain(rows: list[dict], methods: Sequence[str]) -> dict[str, Any]:
     by_m = _by(rows, "method")
     top = {m: _mean(r["top1"] for r in by_m.get((m,), [])) for m in methods}
-    return {"top1": top, "balanced_acc": {m: _mean(r["balanced_acc"] for r in by_m.get((m,), [])) for m in methods},
+    return {"top1": top, "balanced_acc": {m: _mean(r.get("balanced_acc") for r in by_m.get((m,), [])) for m in methods},
             "lambda_mean": {m: _mean(r.get("lambda_mean") for r in by_m.get((m,), [])) for m in methods},
             **_reductions(top)}
 
@@ -80,7 +83,7 @@ def _base_novel(rows: list[dict], methods: Sequence[str]) -> dict[str, Any]:
             base = _mean(r["top1"] for r in mrows if r.get("role") == "base")
             novel = _mean(r["top1"] for r in mrows if r.get("role") == "novel")
             part["base"][m], part["novel"][m] = base, novel
-            part["hm"][m] = harmonic_mean(base, novel) if base is not None and novel is not None else None
+            part["hm"][m] = defined(harmonic_mean(base, novel)) if base is not None and novel is not None else None
             part["per_" + key][m] = {r[key]: r["top1"] for r in mrows}
         out[split] = part
     top = {m: _mean(r["top1"] for r in rows if r["method"] == m) for m in methods}
@@ -92,7 +95,7 @@ def _corruption(rows: list[dict], methods: Sequence[str]) -> dict[str, Any]:
     corrupted = [r for r in rows if r.get("corruption")]
     errors: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in corrupted:
-        errors[r["method"]][r["corruption"]][int(r["severity"])] = 100.0 - r["top1"]
+        errors[r["method"]][r["corruption"]][int(r["severity"])] = error(r["top1"])
     top = {m: _mean(r["top1"] for r in corrupted if r["method"] == m) for m in methods}
     per_corruption = {m: {c: _mean(100.0 - e for e in sev.values()) for c, sev in errors[m].items()}
                       for m in methods}
@@ -100,23 +103,26 @@ def _corruption(rows: list[dict], methods: Sequence[str]) -> dict[str, Any]:
     out_mce, out_rel, ces, notes = {}, {}, {}, []
     for m in methods:
         mine = errors.get(m, {})
-        common = [c for c in mine if c in ref and set(mine[c]) == set(ref[c])]
+        common = sorted(c for c in mine if c in ref and set(mine[c]) == set(ref[c]))
         if not common:
             out_mce[m] = out_rel[m] = None
             continue
         em = {c: [mine[c][s] for s in sorted(mine[c])] for c in common}
         er = {c: [ref[c][s] for s in sorted(ref[c])] for c in common}
-        defined = [c for c in common if sum(er[c]) > 0]
-        if len(defined) < len(common):
-            notes.append(f"{m}: CE undefined where the generalist makes no error ({sorted(set(common) - set(defined))})")
-        out_mce[m] = mce({c: em[c] for c in defined}, {c: er[c] for c in defined}) if defined else None
-        ces[m] = {c: sum(em[c]) / sum(er[c]) * 100.0 for c in defined}
-        if clean.get(m) is not None and clean.get("generalist") is not None and defined:
-            rel = relative_mce({c: em[c] for c in defined}, {c: er[c] for c in defined},
-                               100.0 - clean[m], 100.0 - clean["generalist"])
-            out_rel[m] = None if math.isnan(rel) else rel
-        else:
-            out_rel[m] = None
+        ce = {c: corruption_error(em[c], er[c]) for c in common}
+        ces[m] = {c: v for c, v in ce.items() if defined(v) is not None}
+        if len(ces[m]) < len(common):
+            notes.append(f"CE {ZERO_REFERENCE_NOTE}: the generalist makes no error under "
+                         f"{sorted(set(common) - set(ces[m]))}")
+        out_mce[m] = defined(mean_defined(list(ce.values())))
+        out_rel[m] = None
+        if clean.get(m) is not None and clean.get("generalist") is not None:
+            rel = {c: relative_corruption_error(em[c], er[c], error(clean[m]), error(clean["generalist"]))
+                   for c in common}
+            out_rel[m] = defined(mean_defined(list(rel.values())))
+            if any(defined(v) is None for v in rel.values()):
+                notes.append(f"relative CE {ZERO_REFERENCE_NOTE}: the generalist is not degraded by "
+                             f"{sorted(c for c, v in rel.items() if defined(v) is None)}")
     if not ref:
         notes.append("the generalist was not evaluated: mCE needs it as the reference (references: [generalist])")
     return {"clean_top1": clean, "top1": top, "top1_per_corruption": per_corruption, "mce": out_mce,
@@ -153,18 +159,19 @@ def experts_in(rows: Sequence[dict]) -> list[str | None]:
     return list(dict.fromkeys(r.get("expert_data") for r in rows))
 
 
-def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Per expert and protocol: the summaries listed in the module docstring; with several experts the
-    top-level `protocols` / `top1` / `mce` / `harmonic_mean` are means over the expert modalities."""
-    from .tables import calibration_table, coefficient_table, diagnostics_table
+def point_summary(rows: Sequence[dict], methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """The point scores of summary.json (no intervals, no side tables): cheap enough for every plot table.
 
+    Per expert and protocol: the summaries listed in the module docstring; with several experts the top-level
+    `protocols` / `top1` / `mce` / `harmonic_mean` are means over the expert modalities."""
+    methods = list(methods) if methods is not None else method_order(rows)
     experts = experts_in(rows)
     per_expert = {str(e): _summarize_protocols([r for r in rows if r.get("expert_data") == e], methods)
                   for e in experts}
     protocols = (next(iter(per_expert.values())) if len(per_expert) == 1
                  else _mean_tree(list(per_expert.values())) or {})
     return {
-        "methods": list(methods),
+        "methods": methods,
         "experts": [str(e) for e in experts],
         "top1": {p: s["top1"] for p, s in protocols.items()},
         "mce": protocols.get("corruption", {}).get("mce"),
@@ -172,6 +179,16 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 200
                           protocols.get("base_to_novel", {}).get("splits", {}).items()} or None,
         "protocols": protocols,
         "per_expert": per_expert,
+    }
+
+
+def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """summary.json: point_summary, then every score's bootstrap interval and paired differences, and the
+    calibration / coefficient / routing-diagnostics tables."""
+    from .tables import calibration_table, coefficient_table, diagnostics_table
+
+    return {
+        **point_summary(rows, methods),
         "uncertainty": analyze(rows, methods, n_boot=n_boot, seed=seed),
         "calibration": calibration_table(rows),
         "coefficients": coefficient_table(rows),
@@ -269,7 +286,20 @@ def _diagnostics(summary: dict[str, Any], experts: Sequence[str], h: str) -> lis
                     + [_fmt(d["spearman_lambda_expert_error"].get(m), 2) for m in lam] for d in diag]), ""]
 
 
-def _expert_sections(summary: dict[str, Any], rows: Sequence[dict], expert: str, h: str) -> list[str]:
+def modality_note(meta: dict[str, Any]) -> str | None:
+    """What split=modality measures, from what the run knows: `meta["generalist_datasets"]` (the datasets the
+    zoo manifest says the generalist was trained on). Absent -> no claim."""
+    seen = meta.get("generalist_datasets")
+    if not seen:
+        return None
+    seen = [seen] if isinstance(seen, str) else list(seen)
+    return (f"The generalist was trained on {', '.join(map(str, seen))} (zoo manifest). On those datasets "
+            "split=modality measures how much the expert (and each merge) forgot relative to the generalist, not "
+            "zero-shot transfer to unseen modalities.")
+
+
+def _expert_sections(summary: dict[str, Any], rows: Sequence[dict], expert: str, h: str,
+                     meta: dict[str, Any]) -> list[str]:
     """The protocol tables of one expert modality; `h` is the heading level of each table."""
     methods = summary["methods"]
     entries = summary["uncertainty"]["experts"].get(expert, [])
@@ -289,8 +319,9 @@ def _expert_sections(summary: dict[str, Any], rows: Sequence[dict], expert: str,
                               ("ER vs generalist", s["error_reduction_vs_generalist"].get),
                               ("ER vs expert", s["error_reduction_vs_expert"].get)]), ""]
     if of("base_to_novel", "modality"):
+        note = modality_note(meta)
         out += [f"{h} base_to_novel, split=modality", "", _score_table(of("base_to_novel", "modality"), methods),
-                "", f"> {FORGETTING_NOTE}", ""]
+                ""] + ([f"> {note}", ""] if note else [])
     if of("base_to_novel", "class"):
         out += [f"{h} base_to_novel, split=class (generalist + base-class expert)", "",
                 _score_table(of("base_to_novel", "class"), methods), ""]
@@ -312,11 +343,16 @@ def _expert_sections(summary: dict[str, Any], rows: Sequence[dict], expert: str,
 
 def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str, Any]) -> str:
     """report.md: a headline over modalities (several experts), then per expert one table per protocol with
-    intervals and a majority-class row, paired differences, calibration, coefficients and diagnostics."""
+    intervals and a majority-class row, paired differences, calibration, coefficients and diagnostics.
+
+    `meta` is listed at the top (key: value). Keys read beyond that:
+    - `generalist_datasets` (list of dataset names, from the zoo manifest's training datasets of the
+      generalist): the split=modality note says what the generalist saw; absent -> no note (no claim).
+    """
     methods = summary["methods"]
     unc = summary["uncertainty"]
     out = ["# tcube evaluation report", ""]
-    out += [f"- {k}: `{v}`" for k, v in meta.items()]
+    out += [f"- {k}: `{v}`" for k, v in meta.items() if k != "generalist_datasets"]
     out += ["", (f"Top-1 accuracy in percent with its {unc['level']:.0%} bootstrap interval [low, high] over test "
                  f"images ({unc['n_boot']} seeded resamples, the same for every method, so differences are paired); "
                  "error reductions (ER) in percent of the reference's error; – = undefined or not evaluated. "
@@ -329,9 +365,9 @@ def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str,
         out += _diff_tables(unc["headline"], methods, "###")
         out += _diagnostics(summary, ["all modalities"], "###")
         for expert in experts:
-            out += [f"## Expert: {expert}", ""] + _expert_sections(summary, rows, expert, "###")
+            out += [f"## Expert: {expert}", ""] + _expert_sections(summary, rows, expert, "###", meta)
     else:
-        out += _expert_sections(summary, rows, experts[0], "##")
+        out += _expert_sections(summary, rows, experts[0], "##", meta)
     skipped = summary.get("skipped") or []
     if skipped:
         out += ["", "## Skipped", ""] + [f"- {s['protocol']} {s['what']}: {s['reason']}" for s in skipped]
@@ -339,13 +375,6 @@ def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str,
 
 
 # -- CLI: python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR] ----------------------------------
-def _ordered_methods(rows: Sequence[dict]) -> list[str]:
-    from ..methods.merger import METHODS
-
-    present = list(dict.fromkeys(r["method"] for r in rows))
-    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
-
-
 def _default_out(targets: Sequence[str]) -> Path:
     """One target: itself (a run dir gets its report rewritten, a sweep folder gets the merged one);
     several: their common parent folder."""
@@ -375,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else _default_out(args.run_dirs)
     if len(runs) == 1:
         rows = runs[0].rows
-        summary = summarize(rows, _ordered_methods(rows))
+        summary = summarize(rows, method_order(rows))
         text = render_report(summary, rows, {"run_dir": str(runs[0].path), "cells": len(rows)})
     else:
-        summary = aggregate(runs, _ordered_methods([r for run in runs for r in run.rows]))
+        summary = aggregate(runs, method_order([r for run in runs for r in run.rows]))
         text = render_aggregate(summary)
     write_text_atomic(out / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
     write_text_atomic(out / "report.md", text)

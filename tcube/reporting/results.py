@@ -11,14 +11,52 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..io import json_safe
 
 log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.jsonl"
+
+# -- method kinds, read off the rows ------------------------------------------------------------------------
+# Reporting never imports tcube.methods: what kind of method wrote a row comes from the row's `method_kind`
+# field (the harness writes it; a string, or a list when a method is of two kinds, e.g. per-sample *and*
+# validation-tuned). LEGACY_KINDS exists only for rows written before that field did (docs/results, old runs):
+# the 14 built-in methods as they were then, in the order reports listed them. Do not extend it for new
+# methods; new rows carry their kind.
+LEGACY_KINDS: dict[str, tuple[str, ...]] = {
+    "generalist": ("endpoint",), "expert": ("endpoint",), "ensemble": ("ensemble",),
+    "weight_average": ("static",), "wise_ft": ("static",), "task_arithmetic": ("static",), "ties": ("static",),
+    "dare": ("static",), "slerp": ("static",), "dawin": ("per_sample",), "t3": ("per_sample",),
+    "t3_batch": ("per_batch",), "t3_cal": ("per_sample", "tuned"), "wise_ft_cal": ("static", "tuned"),
+}
+PER_SAMPLE = "per_sample"              # λ per test image: routing correlations of λ are defined
+ADAPTIVE = ("per_sample", "per_batch")  # λ computed from the test inputs: λ plots
+TUNED = "tuned"                         # coefficients chosen on validation data: the coefficient table
+
+
+def method_kinds(row: Mapping[str, Any]) -> frozenset[str]:
+    """The kinds of the method that wrote `row`: its `method_kind`, else LEGACY_KINDS, else none known."""
+    kind = row.get("method_kind")
+    if kind is None or (isinstance(kind, float) and kind != kind):  # absent, or NaN from a DataFrame
+        return frozenset(LEGACY_KINDS.get(row.get("method"), ()))
+    return frozenset([kind] if isinstance(kind, str) else kind)
+
+
+def methods_of_kind(rows: Iterable[Mapping[str, Any]], *kinds: str) -> list[str]:
+    """Methods (in method_order) with a row of any of `kinds`."""
+    rows = list(rows)
+    wanted = {r.get("method") for r in rows if method_kinds(r) & set(kinds)}
+    return [m for m in method_order(rows) if m in wanted]
+
+
+def method_order(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Display order: the built-in methods in their legacy order, then the others in order of first appearance."""
+    present = list(dict.fromkeys(r.get("method") for r in rows))
+    return [m for m in LEGACY_KINDS if m in present] + [m for m in present if m not in LEGACY_KINDS]
 
 
 def cell_key(fields: dict[str, Any]) -> str:

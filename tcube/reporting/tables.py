@@ -2,8 +2,8 @@
 
 - calibration: each model's fitted temperature and its ECE before/after scaling, on the validation split
   it was fitted on and on the test cells (the honest number), per clean evaluated view;
-- coefficients: what t3_cal / wise_ft_cal chose on validation data, per clean view;
-- diagnostics: per expert modality and protocol, how well JS (and each dynamic method's λ) tracks the
+- coefficients: what the validation-tuned methods (kind `tuned`, e.g. t3_cal) chose, per clean view;
+- diagnostics: per expert modality and protocol, how well JS (and each per-sample method's λ) tracks the
   expert's errors, averaged over the protocol's evaluation sets (each row carries its own set's values).
 """
 from __future__ import annotations
@@ -13,9 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..methods.merger import CALIBRATED, PER_SAMPLE
-
-DYNAMIC = PER_SAMPLE  # per-sample λ: a correlation with the expert's errors is defined
+from .results import PER_SAMPLE, TUNED, method_kinds, methods_of_kind
 
 
 def _clean_views(rows: Sequence[Mapping[str, Any]], keep) -> dict[tuple, Mapping[str, Any]]:
@@ -47,7 +45,7 @@ def calibration_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 def coefficient_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"expert_data": e, "dataset": d, "subset": s, "method": m, "params": dict(r.get("params") or {})}
-            for (e, d, s, m), r in _clean_views(rows, lambda r: r.get("method") in CALIBRATED).items()]
+            for (e, d, s, m), r in _clean_views(rows, lambda r: TUNED in method_kinds(r)).items()]
 
 
 def _nanmean(values) -> float | None:
@@ -56,7 +54,10 @@ def _nanmean(values) -> float | None:
 
 
 def diagnostics_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """Per (expert modality, protocol), and per protocol over all modalities when there are several."""
+    """Per (expert modality, protocol), and per protocol over all modalities when there are several: the routing
+    diagnostics (tcube.reporting.diagnostics, one set per row) averaged over the protocol's evaluation sets.
+    The one definition of these numbers: report.md, summary.json and plots.routing_table all read it."""
+    per_sample = set(methods_of_kind(rows, PER_SAMPLE))
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     experts = list(dict.fromkeys(r.get("expert_data") for r in rows))
     for r in rows:
@@ -73,6 +74,6 @@ def diagnostics_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str])
                     for k in ("rescuable_fraction", "spearman_js_expert_error", "auroc_js_gen_right_exp_wrong")},
                  "spearman_lambda_expert_error": {
                      m: _nanmean(r["diagnostics"].get("spearman_lambda_expert_error") for r in grows if r["method"] == m)
-                     for m in methods if m in DYNAMIC}}
+                     for m in methods if m in per_sample}}
         out.append(entry)
     return out

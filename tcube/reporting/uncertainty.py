@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .scores import Score, averaged, cell_id, scores_for
+from .scores import Score, averaged, cell_id, defined, scores_for
 from .stats import (
     bootstrap_means,
     excludes_zero,
@@ -61,13 +61,6 @@ def cell_values(rows: Sequence[Mapping[str, Any]], *, n_boot: int, seed: int) ->
     return dict(points), dict(draws), majority
 
 
-def _as_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(np.asarray(value))
-    return value if np.isfinite(value) else None
-
-
 def score_table(scores: Sequence[Score], methods: Sequence[str], points: dict, draws: dict, majority: dict,
                 refs: Mapping[str, str], level: float) -> list[dict[str, Any]]:
     """Per score: each method's [point, low, high], the majority baseline, and for headline scores the paired
@@ -78,16 +71,16 @@ def score_table(scores: Sequence[Score], methods: Sequence[str], points: dict, d
         entry: dict[str, Any] = {"protocol": s.protocol, "name": s.name, "headline": s.headline,
                                  "lower_is_better": s.lower_is_better, "values": {}, "diffs": {}}
         for m in methods:
-            point = _as_float(s(points, m))
+            point = defined(s(points, m))
             entry["values"][m] = None if point is None else list(percentile_interval(point, _draw(s, draws, m), level))
-        entry["majority"] = _as_float(s(with_majority, MAJORITY)) if majority[MAJORITY] else None
+        entry["majority"] = defined(s(with_majority, MAJORITY)) if majority[MAJORITY] else None
         if s.headline:
             for label, ref in refs.items():
                 ref_draws = _draw(s, draws, ref)
-                ref_point = _as_float(s(points, ref))
+                ref_point = defined(s(points, ref))
                 diffs = {}
                 for m in methods:
-                    point = _as_float(s(points, m))
+                    point = defined(s(points, m))
                     if point is None or ref_point is None or m == ref:
                         continue
                     d = percentile_interval(point - ref_point, _draw(s, draws, m) - ref_draws, level)

@@ -246,7 +246,7 @@ def evaluate(model: nn.Module, tokenizer: Callable, split: Split, preprocess_cfg
              batch_size: int = 512) -> dict[str, float]:
     """Zero-shot top-1 / balanced accuracy (percent) with the split's own prompts; majority baseline."""
     from tcube.models import zero_shot_head
-    from tcube.reporting.metrics import balanced_accuracy, top1
+    from tcube.reporting.scores import balanced_accuracy, top1
 
     model.eval()
     head = zero_shot_head(model, tokenizer, split.descriptions, split.templates)
