@@ -77,7 +77,7 @@ def test_adaptive_default_logits_match_naive(any_pair):
 
 
 def test_refinement_splits_or_falls_back_to_exact(clip_pair):
-    eng, heads = heads_for(clip_pair, tol=1e-12, max_depth=1)  # unreachable: below fp32 noise
+    eng, heads = heads_for(clip_pair, tol=1e-12, noise_cap=0.0, max_depth=1)  # unreachable: below fp32 noise
     _, exact = heads_for(clip_pair, mode="exact")
     exact.engine = eng
     lam = torch.linspace(0.51, 0.6, 6)

@@ -12,7 +12,8 @@ a short λ interval a low-degree polynomial reproduces it to fp32 noise. `adapti
   (head error in the 2-norm × the piece's largest merged exp(logit_scale), which bounds |Δlogit| of
   every class for a unit image feature). Once that measured error is ≤ `tol`, the piece keeps the
   interpolant through *all* nodes encoded so far (twice as many as the one measured, so under the
-  geometric convergence of analytic functions its error is far below `tol`). A piece that misses
+  geometric convergence of analytic functions its error is far below `tol`; where the fp32 noise of
+  the encodes is above `tol`, see `noise_cap` in TextHeads). A piece that misses
   `tol` at 17 nodes is split in two (down to `max_depth` halvings); past that its λ are encoded
   exactly. So the error is measured, never assumed, and the fallback is the exact head.
 - A batch with at most `exact_below` distinct λ (T^3_B, static merges, single samples) is encoded
@@ -71,12 +72,16 @@ class TextHeads:
     """Heads [B, C, E] of each sample's merged model: `heads(lam)`; see the module docstring for the modes.
 
     `tol` (adaptive): largest measured interpolation error allowed, in logit units (|Δlogit|), well under
-    the engines' 1e-4 contract so fp32 noise of the encodes themselves fits in the rest.
+    the engines' 1e-4 contract so fp32 noise of the encodes themselves fits in the rest. With a large
+    logit scale (trained CLIPs: 100) the fp32 noise of the exact encodes (~1e-6 relative) can exceed
+    `tol`; a piece whose measured error stops falling when its nodes double is at that noise floor and
+    is accepted if the error is ≤ `noise_cap` (exact heads carry the same noise); otherwise it is split.
     `stats` counts λ values encoded (`encoded`) and pieces built, for tests and benchmarks.
     """
 
     def __init__(self, engine: Engine, tokens: torch.Tensor, n_classes: int, n_templates: int, *,
-                 mode: str = "adaptive", grid_size: int = 33, tol: float = 2e-5, base_pieces: int = 8,
+                 mode: str = "adaptive", grid_size: int = 33, tol: float = 2e-5, noise_cap: float = 5e-5,
+                 base_pieces: int = 8,
                  max_depth: int = 3, exact_below: int = 4, chunk_rows: int = 512, cache_size: int = 64):
         if mode not in HEAD_MODES:
             raise ValueError(f"unknown text head mode '{mode}'; choose one of {HEAD_MODES}")
@@ -87,7 +92,8 @@ class TextHeads:
         self.engine, self.tokens = engine, tokens
         self.n_classes, self.n_templates = n_classes, n_templates
         self.mode, self.grid_size, self.chunk_rows = mode, grid_size, chunk_rows
-        self.tol, self.base_pieces, self.max_depth, self.exact_below = tol, base_pieces, max_depth, exact_below
+        self.tol, self.noise_cap, self.base_pieces, self.max_depth, self.exact_below = (
+            tol, noise_cap, base_pieces, max_depth, exact_below)
         self._cache: OrderedDict[float, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._grid: torch.Tensor | None = None
@@ -181,17 +187,19 @@ class TextHeads:
         scale = float(self.engine.logit_scale(torch.tensor([a, b], device=self.tokens.device)).max())
         nodes = lobatto_nodes(a, b, 3)
         heads = self._node_heads(nodes)
-        error = float("inf")
+        error, previous = float("inf"), float("inf")
         for n in NESTED_NODES:
             finer = lobatto_nodes(a, b, n)
             new = finer[1::2]
             new_heads = self._node_heads(new)
             predicted = F.normalize(barycentric(nodes, heads, new), dim=-1)
-            error = float((predicted - new_heads.double()).norm(dim=-1).max()) * scale
+            error, previous = float((predicted - new_heads.double()).norm(dim=-1).max()) * scale, error
             merged = torch.empty(n, *heads.shape[1:], dtype=heads.dtype)
             merged[0::2], merged[1::2] = heads, new_heads
             nodes, heads = finer, merged
-            if error <= self.tol:
+            # at the fp32 noise floor of the encodes themselves, doubling the nodes stops reducing the error
+            at_noise_floor = n > NESTED_NODES[0] and error > previous / 4 and error <= self.noise_cap
+            if error <= self.tol or at_noise_floor:
                 self.stats["pieces"] += 1
                 return _Piece("interp", nodes, heads, error)
         if piece[0] < self.max_depth:
