@@ -34,7 +34,7 @@ def fused_heads(any_pair):
     return eng, adaptive, exact
 
 
-@pytest.mark.parametrize("low,high", [(0.5, 0.586), (0.0, 1.0), (-0.25, 1.25)])
+@pytest.mark.parametrize("low,high", [(0.5, 0.586), (0.5, 0.5012), (0.0, 1.0), (-0.25, 1.25)])
 def test_adaptive_heads_within_tolerance_of_exact(fused_heads, low, high):
     eng, adaptive, exact = fused_heads
     lam = low + (high - low) * torch.rand(24, generator=torch.Generator().manual_seed(3))
@@ -43,6 +43,16 @@ def test_adaptive_heads_within_tolerance_of_exact(fused_heads, low, high):
     assert err <= 2 * adaptive.tol  # measured bound (tol) plus fp32 noise of two encodes
     assert adaptive.max_error() <= adaptive.tol
     assert adaptive.stats["exact_fallback"] == 0
+
+
+def test_narrow_lambda_span_needs_few_encodes(any_pair):
+    eng, heads = heads_for(any_pair)
+    _, exact = heads_for(any_pair, mode="exact", cache_size=10_000)
+    exact.engine = eng
+    lam = 0.5 + 0.0012 * torch.rand(32, generator=torch.Generator().manual_seed(5))
+    got = heads(lam)
+    assert heads.stats["encoded"] <= 9  # a short piece (or two sharing an endpoint) at 5 nodes each
+    assert logit_error(eng, got, exact(lam), lam) <= 2 * heads.tol
 
 
 def test_adaptive_reuses_pieces_across_batches(any_pair):

@@ -5,8 +5,9 @@ function of λ (the merged text tower is a composition of smooth maps of affine-
 a short λ interval a low-degree polynomial reproduces it to fp32 noise. `adaptive` exploits that:
 
 - [0, 1] (and beyond, for extrapolating λ rules) is cut into fixed dyadic pieces of width
-  1/`base_pieces`; a piece that a batch touches gets a Chebyshev–Lobatto interpolant of its heads,
-  built once and cached, so a streamed `Merger` encodes nothing once its λ range is covered.
+  1/(`base_pieces`·2^d); λ values that no built piece covers get pieces 2–4× as wide as their span
+  (depth d from the span), each a Chebyshev–Lobatto interpolant of the heads, built once and cached,
+  so a streamed `Merger` encodes nothing once its λ range is covered.
 - The node count is chosen a posteriori: nested Lobatto sets of 5, 9, 17 nodes; each doubling first
   encodes the new nodes exactly and measures the previous interpolant's error at them, in logit units
   (head error in the 2-norm × the piece's largest merged exp(logit_scale), which bounds |Δlogit| of
@@ -94,6 +95,7 @@ class TextHeads:
         self.mode, self.grid_size, self.chunk_rows = mode, grid_size, chunk_rows
         self.tol, self.noise_cap, self.base_pieces, self.max_depth, self.exact_below = (
             tol, noise_cap, base_pieces, max_depth, exact_below)
+        self.max_start_depth = 10  # the shortest piece a narrow batch starts with: 1/(base_pieces·2^10)
         self._cache: OrderedDict[float, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._grid: torch.Tensor | None = None
@@ -141,27 +143,53 @@ class TextHeads:
         if values.numel() <= self.exact_below:
             return self.exact(lam)
         points = values.double().cpu()
-        index = (points * self.base_pieces).floor().long()
-        index[points * self.base_pieces == self.base_pieces] -= 1  # λ = 1 belongs to the last piece of [0, 1]
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for k in index.unique().tolist():
-            at = (index == k).nonzero().squeeze(1)
-            self._resolve((0, k), points[at], at, parts)
+        known = [self._locate(float(v)) for v in points]  # pieces built by earlier batches
+        for piece in set(known) - {None}:
+            at = torch.tensor([i for i, p in enumerate(known) if p == piece], dtype=torch.long)
+            self._resolve(piece, points[at], at, parts, piece[0])
+        new = torch.tensor([i for i, p in enumerate(known) if p is None], dtype=torch.long)
+        if new.numel():
+            # new pieces twice to four times as wide as the λ span left: a narrow span (the paper's rule gives
+            # [0.5, 0.586]) gets a short piece, which a 5-node interpolant already resolves to fp32 noise
+            span = float(points[new].max() - points[new].min())
+            depth = self.max_start_depth if span == 0 else \
+                max(0, min(self.max_start_depth, math.floor(math.log2(1 / (self.base_pieces * span))) - 1))
+            index = self._index(points[new], depth)
+            for k in index.unique().tolist():
+                at = new[index == k]
+                self._resolve((depth, k), points[at], at, parts, depth + self.max_depth)
         first = parts[0][1]
         out = first.new_empty(values.shape[0], *first.shape[1:])
         for at, heads in parts:
             out[at] = heads
         return out.to(lam.device)[inverse]
 
+    def _index(self, points: torch.Tensor, depth: int) -> torch.Tensor:
+        """Piece index of each λ at `depth` (λ = 1 belongs to the last piece of [0, 1])."""
+        scaled = points * (self.base_pieces * 2**depth)
+        index = scaled.floor().long()
+        index[scaled == self.base_pieces * 2**depth] -= 1
+        return index
+
+    def _locate(self, value: float) -> tuple[int, int] | None:
+        """The built piece (interpolant or exact) containing λ, shallowest first; None if there is none."""
+        for depth in range(self.max_start_depth + self.max_depth + 1):
+            piece = (depth, int(self._index(torch.tensor([value], dtype=torch.float64), depth)))
+            state = self._pieces.get(piece)
+            if state is not None and state.kind != "split":
+                return piece
+        return None
+
     def _bounds(self, piece: tuple[int, int]) -> tuple[float, float]:
         depth, k = piece
         width = 1.0 / (self.base_pieces * 2**depth)
         return k * width, (k + 1) * width
 
-    def _resolve(self, piece, values: torch.Tensor, at: torch.Tensor, parts: list) -> None:
+    def _resolve(self, piece, values: torch.Tensor, at: torch.Tensor, parts: list, limit: int) -> None:
         state = self._pieces.get(piece)
         if state is None:
-            state = self._pieces[piece] = self._build(piece)
+            state = self._pieces[piece] = self._build(piece, can_split=piece[0] < limit)
         if state.kind == "interp":
             parts.append((at, F.normalize(barycentric(state.nodes, state.heads, values), dim=-1).float()))
         elif state.kind == "split":
@@ -169,7 +197,7 @@ class TextHeads:
             mid = sum(self._bounds(piece)) / 2
             for child, mask in (((depth + 1, 2 * k), values <= mid), ((depth + 1, 2 * k + 1), values > mid)):
                 if mask.any():
-                    self._resolve(child, values[mask], at[mask], parts)
+                    self._resolve(child, values[mask], at[mask], parts, limit)
         else:
             parts.append((at, self.exact(values.to(torch.float32).to(self.tokens.device)).float().cpu()))
 
@@ -182,7 +210,7 @@ class TextHeads:
             self._nodes.update(zip(missing, self.encode(torch.tensor(missing, dtype=torch.float32, device=device))))
         return torch.stack([self._nodes[v] for v in keys]).cpu()
 
-    def _build(self, piece) -> _Piece:
+    def _build(self, piece, can_split: bool) -> _Piece:
         a, b = self._bounds(piece)
         scale = float(self.engine.logit_scale(torch.tensor([a, b], device=self.tokens.device)).max())
         nodes = lobatto_nodes(a, b, 3)
@@ -202,7 +230,7 @@ class TextHeads:
             if error <= self.tol or at_noise_floor:
                 self.stats["pieces"] += 1
                 return _Piece("interp", nodes, heads, error)
-        if piece[0] < self.max_depth:
+        if can_split:
             self.stats["splits"] += 1
             return _Piece("split", error=error)
         self.stats["exact_fallback"] += 1
