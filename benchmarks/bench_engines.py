@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from tcube import Merger, merge_and_predict
-from tcube.runtime.device import resolve_device
 from tcube.methods.merger import _plain_logits
 from tcube.models import build_model, tokenizer_for
+from tcube.runtime.device import resolve_device
 from tcube.runtime.precision import PRECISIONS, autocast, check_precision
 
 CLASSES = ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
@@ -155,7 +155,7 @@ MEMORY_PASS = False  # set by --memory-pass: one call per config, RSS made exact
 
 def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     """Median seconds of repeated calls (at least one, more while under min_seconds), and peak memory."""
-    times = []
+    times, out = [], None
     with PeakMemory(device) as mem:
         while not times or (not MEMORY_PASS and sum(times) < min_seconds and len(times) < max_reps):
             if device.startswith("cuda"):
@@ -164,7 +164,8 @@ def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
             result = fn()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            out = result if not times else out  # the first call's output (it ran on the first batch)
+            if not times:  # keep the first call's output (it ran on the first batch)
+                out = result
             times.append(time.perf_counter() - start)
     return out, sorted(times)[len(times) // 2], mem.peak / 2**20
 
@@ -243,7 +244,7 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, 
         warm_n = batch if name != "T^3 naive (reference)" else 2  # warm caches (grid heads, endpoint heads)
         m.predict(warm[:warm_n], method)
         batches = iter(fresh[1:])
-        out, seconds, peak = timed(lambda: m.predict(next(batches), method), device)
+        out, seconds, peak = timed(lambda m=m, it=batches, method=method: m.predict(next(it), method), device)
         if "naive" in name:
             reference = out.logits
         record("warm", name, out, seconds, peak)

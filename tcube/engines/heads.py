@@ -213,6 +213,7 @@ class TextHeads:
     def _build(self, piece, can_split: bool) -> _Piece:
         a, b = self._bounds(piece)
         scale = float(self.engine.logit_scale(torch.tensor([a, b], device=self.tokens.device)).max())
+        self._node_heads(lobatto_nodes(a, b, NESTED_NODES[0]))  # one forward for the first two sets
         nodes = lobatto_nodes(a, b, 3)
         heads = self._node_heads(nodes)
         error, previous = float("inf"), float("inf")
