@@ -121,6 +121,7 @@ class TextHeads:
         rows = values.repeat_interleave(per)
         feats = torch.cat([self.engine.text_features(tokens[s:s + self.chunk_rows], rows[s:s + self.chunk_rows])
                            for s in range(0, tokens.shape[0], self.chunk_rows)])
+        self._feature_dtype = feats.dtype
         return head_from_text_features(feats.view(values.shape[0], per, -1), self.n_classes, self.n_templates)
 
     # -- exact: one encode per distinct λ (LRU-cached) ------------------------------------------------
@@ -227,7 +228,7 @@ class TextHeads:
             merged[0::2], merged[1::2] = heads, new_heads
             nodes, heads = finer, merged
             # at the fp32 noise floor of the encodes themselves, doubling the nodes stops reducing the error
-            at_noise_floor = n > NESTED_NODES[0] and error > previous / 4 and error <= self.noise_cap
+            at_noise_floor = n > NESTED_NODES[0] and error > previous / 4 and error <= self._noise_cap()
             if error <= self.tol or at_noise_floor:
                 self.stats["pieces"] += 1
                 return _Piece("interp", nodes, heads, error)
@@ -236,6 +237,11 @@ class TextHeads:
             return _Piece("split", error=error)
         self.stats["exact_fallback"] += 1
         return _Piece("exact", error=error)
+
+    def _noise_cap(self) -> float:
+        """noise_cap, scaled up when the text tower runs in reduced precision (autocast bf16/fp16 encodes)."""
+        eps = torch.finfo(getattr(self, "_feature_dtype", torch.float32)).eps
+        return self.noise_cap * max(1.0, eps / torch.finfo(torch.float32).eps)
 
     def max_error(self) -> float:
         """Largest error measured on any piece in use (logit units; NaN before any was built)."""
