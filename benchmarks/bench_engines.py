@@ -2,6 +2,17 @@
 
     python benchmarks/bench_engines.py [--scales small,vit_b16,biomedclip] [--batch 32] [--out bench.json]
                                        [--device auto|cpu|cuda] [--precision fp32|bf16|fp16]
+                                       [--stream-batches 4] [--configs all|user]
+
+Subsets: `--scales small` runs only the small model (about a minute on 2 cores); `--scales vit_b16` or
+`--scales biomedclip` one large scale (tens of minutes on 2 CPU cores); `--configs user` only the rows users
+run by default (one-shot and streamed, plus the naive reference).
+
+Three kinds of rows (the × T^3_B column compares rows of the same kind):
+- one-shot: `merge_and_predict(...)` with its defaults, one call per batch (builds everything each call);
+- streamed: one `Merger(...)` with its defaults, built and then fed --stream-batches batches; seconds per batch
+  include the build;
+- warm: a Merger warmed on one batch, then timed per batch (engine against engine, as before).
 
 --device auto (the default) runs on the GPU when one is visible. --precision runs every model forward
 under torch.autocast (λ and merge arithmetic stay fp32); Δlogit vs naive compares within that precision.
@@ -24,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from tcube import Merger
-from tcube.runtime.device import resolve_device
+from tcube import Merger, merge_and_predict
 from tcube.methods.merger import _plain_logits
 from tcube.models import build_model, tokenizer_for
+from tcube.runtime.device import resolve_device
 from tcube.runtime.precision import PRECISIONS, autocast, check_precision
 
 CLASSES = ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
@@ -144,7 +155,7 @@ MEMORY_PASS = False  # set by --memory-pass: one call per config, RSS made exact
 
 def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     """Median seconds of repeated calls (at least one, more while under min_seconds), and peak memory."""
-    times = []
+    times, out = [], None
     with PeakMemory(device) as mem:
         while not times or (not MEMORY_PASS and sum(times) < min_seconds and len(times) < max_reps):
             if device.startswith("cuda"):
@@ -153,17 +164,19 @@ def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
             result = fn()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            out = result if not times else out  # the first call's output (it ran on the first batch)
+            if not times:  # keep the first call's output (it ran on the first batch)
+                out = result
             times.append(time.perf_counter() - start)
     return out, sorted(times)[len(times) // 2], mem.peak / 2**20
 
 
-def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, precision: str = "fp32") -> list[dict]:
+def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, precision: str = "fp32",
+                stream_batches: int = 4, configs: str = "all") -> list[dict]:
     gen, exp, tokenizer, size = make_pair(scale, tmp)
     gen, exp = gen.to(device), exp.to(device)
     g = torch.Generator().manual_seed(1)
     # a fresh batch for every timed call: new λ values, so no engine may reuse merged weights or heads
-    fresh = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(7)]
+    fresh = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(max(7, 2 + stream_batches))]
     warm, images = fresh[0], fresh[1]
     rows = []
 
@@ -175,34 +188,70 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, 
         with autocast(device, precision):
             return _plain_logits(exp, head, images)
 
+    def record(kind, name, out, seconds, peak, extra=None):
+        rows.append({"scale": scale, "kind": kind, "config": name, "images_per_s": batch / seconds,
+                     "seconds": seconds, "peak_mib": peak, "logits": out.logits if hasattr(out, "logits") else out,
+                     "lambda_min": float(out.lambdas.min()) if hasattr(out, "lambdas") else None,
+                     "lambda_max": float(out.lambdas.max()) if hasattr(out, "lambdas") else None, **(extra or {})})
+        print(f"  {scale:10s} {kind:8s} {name:40s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
+
     head = merger("batch").head_exp
     plain, seconds, peak = timed(plain_forward, device)
-    rows.append({"scale": scale, "config": "single model forward", "images_per_s": batch / seconds,
-                 "seconds": seconds, "peak_mib": peak, "logits": plain})
-    print(f"  {scale:10s} {'single model forward':24s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
-    configs = [  # name, merger factory, method
+    record("warm", "single model forward", plain, seconds, peak)
+
+    # -- what users run: the library call and a streamed Merger, with their default options ------------------
+    def one_shot(method, pool):  # each call a fresh batch and a fresh library call: nothing is reused
+        if precision == "fp32":
+            return lambda: merge_and_predict(gen, exp, next(pool), CLASSES, tokenizer=tokenizer, templates=TEMPLATES,
+                                             method=method)
+        return lambda: Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision).predict(next(pool), method)
+
+    stats = {}
+
+    def streamed(method):
+        def run():
+            m = Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision)
+            outs = [m.predict(x, method) for x in fresh[1:1 + stream_batches]]
+            stats.update(text_heads=m.heads.mode, lambdas_encoded=m.heads.stats["encoded"],
+                         head_error_measured=m.heads.max_error() if m.heads.mode == "adaptive" else None)
+            return outs[0]
+        return run
+
+    for method, label in (("t3_batch", "T^3_B"), ("t3", "T^3")):
+        one_shot(method, iter([warm]))()  # warm-up call (allocator, thread pools)
+        out, seconds, peak = timed(one_shot(method, iter(fresh[1:] * 8)), device, max_reps=3)
+        record("one-shot", f"{label}: merge_and_predict(method='{method}')", out, seconds, peak)
+    for method, label in (("t3_batch", "T^3_B"), ("t3", "T^3")):
+        stats.clear()
+        out, seconds, peak = timed(streamed(method), device, min_seconds=0.0)
+        record("streamed", f"{label}: Merger, {stream_batches} batches", out, seconds / stream_batches, peak,
+               dict(stats))
+
+    # -- engine against engine (warm Mergers) --------------------------------------------------------------
+    engine_configs = [  # name, merger factory, method
         ("T^3_B (batch engine)", lambda: merger("batch"), "t3_batch"),
-        ("T^3 fused, text grid", lambda: merger("fused", "grid"), "t3"),
+        ("T^3 fused, text adaptive (default)", lambda: merger("fused", "adaptive"), "t3"),
+        ("T^3 fused, text grid (approximate)", lambda: merger("fused", "grid"), "t3"),
         ("T^3 fused, text exact", lambda: merger("fused", "exact"), "t3"),
-        ("T^3 bucket K=8", lambda: merger("bucket", num_buckets=8), "t3"),
+        ("T^3 bucket K=8 (approximate)", lambda: merger("bucket", num_buckets=8), "t3"),
         ("T^3 naive (reference)", lambda: merger("naive"), "t3"),
     ]
+    if configs == "user":
+        engine_configs = engine_configs[-1:]
     reference = None
-    for name, factory, method in configs:
+    for name, factory, method in engine_configs:
         m = factory()
         warm_n = batch if name != "T^3 naive (reference)" else 2  # warm caches (grid heads, endpoint heads)
         m.predict(warm[:warm_n], method)
         batches = iter(fresh[1:])
-        out, seconds, peak = timed(lambda: m.predict(next(batches), method), device)
-        if method == "t3" and "naive" in name:
+        out, seconds, peak = timed(lambda m=m, it=batches, method=method: m.predict(next(it), method), device)
+        if "naive" in name:
             reference = out.logits
-        rows.append({"scale": scale, "config": name, "images_per_s": batch / seconds, "seconds": seconds,
-                     "peak_mib": peak, "logits": out.logits})
-        print(f"  {scale:10s} {name:24s} {batch / seconds:9.2f} img/s  peak {peak:8.1f} MiB", flush=True)
+        record("warm", name, out, seconds, peak)
         del m
     for row in rows:
         logits = row.pop("logits")
-        per_sample = row["config"].startswith("T^3 ") and "T^3_B" not in row["config"]
+        per_sample = row["config"].startswith("T^3") and "T^3_B" not in row["config"]
         row["max_abs_dlogit_vs_naive"] = float((logits - reference).abs().max()) if per_sample else None
     return rows
 
@@ -211,7 +260,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="small,vit_b16,biomedclip")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--grid-size", type=int, default=33)
+    parser.add_argument("--grid-size", type=int, default=33, help="grid text heads (approximate rows) only")
+    parser.add_argument("--stream-batches", type=int, default=4, help="batches fed to one Merger in streamed rows")
+    parser.add_argument("--configs", default="all", choices=["all", "user"],
+                        help="user: only the one-shot and streamed rows with default options, and the naive reference")
     parser.add_argument("--device", default="auto", help="auto (cuda when visible) | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="model forwards under torch.autocast (fp16 needs CUDA)")
@@ -241,9 +293,10 @@ def main() -> None:
         _exact_rss()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for scale in args.scales.split(","):
-            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size, args.precision)
+            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size, args.precision,
+                                args.stream_batches, args.configs)
     if MEMORY_PASS:
-        Path(args.out).write_text(json.dumps({(r["scale"] + "|" + r["config"]): r["peak_mib"] for r in rows}))
+        Path(args.out).write_text(json.dumps({(r["scale"] + "|" + r["kind"] + "|" + r["config"]): r["peak_mib"] for r in rows}))
         return
     if args.device == "cpu" and args.exact_memory:  # timings ran with the normal allocator; exact peaks here
         import subprocess
@@ -252,22 +305,30 @@ def main() -> None:
         mem_out = Path(args.out).with_suffix(".memory.json")
         subprocess.run([sys.executable, __file__, "--memory-pass", "--scales", args.scales, "--batch", str(args.batch),
                         "--grid-size", str(args.grid_size), "--out", str(mem_out), "--device", args.device,
-                        "--precision", args.precision]
+                        "--precision", args.precision, "--stream-batches", str(args.stream_batches),
+                        "--configs", args.configs]
                        + (["--threads", str(args.threads)] if args.threads else []), check=True)
         peaks = json.loads(mem_out.read_text())
         mem_out.unlink()
         for r in rows:
-            r["peak_mib"] = peaks[r["scale"] + "|" + r["config"]]
-    print("\n| scale | config | images/s | × T^3_B | × naive | peak MiB | max abs Δlogit vs naive |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+            r["peak_mib"] = peaks[r["scale"] + "|" + r["kind"] + "|" + r["config"]]
+    print("\n| scale | kind | config | images/s | × T^3_B (same kind) | × naive | peak MiB | "
+          "max abs Δlogit vs naive | λ range |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for scale in args.scales.split(","):
-        r = {row["config"]: row for row in rows if row["scale"] == scale}
-        tb, naive = r["T^3_B (batch engine)"]["images_per_s"], r["T^3 naive (reference)"]["images_per_s"]
-        for name, row in r.items():
+        r = [row for row in rows if row["scale"] == scale]
+        naive = next(row for row in r if row["config"] == "T^3 naive (reference)")["images_per_s"]
+        t3b = {row["kind"]: row["images_per_s"] for row in r if row["config"].startswith("T^3_B")}
+        for row in r:
+            ref = t3b.get(row["kind"])
+            ratio = "" if ref is None else f"{row['images_per_s'] / ref:.2f}"
             err = row["max_abs_dlogit_vs_naive"]
-            print(f"| {scale} | {name} | {row['images_per_s']:.2f} | {row['images_per_s'] / tb:.2f} | "
-                  f"{row['images_per_s'] / naive:.1f} | {row['peak_mib']:.0f} | {'' if err is None else f'{err:.1e}'} |")
-    Path(args.out).write_text(json.dumps({"machine": machine, "batch": args.batch, "rows": rows}, indent=2))
+            lam = "" if row["lambda_min"] is None else f"[{row['lambda_min']:.3f}, {row['lambda_max']:.3f}]"
+            print(f"| {scale} | {row['kind']} | {row['config']} | {row['images_per_s']:.2f} | "
+                  f"{ratio} | {row['images_per_s'] / naive:.1f} | "
+                  f"{row['peak_mib']:.0f} | {'' if err is None else f'{err:.1e}'} | {lam} |")
+    Path(args.out).write_text(json.dumps({"machine": machine, "batch": args.batch, "stream_batches": args.stream_batches,
+                                          "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 
 

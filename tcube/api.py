@@ -13,12 +13,17 @@ from .methods.merger import MergeOutput, Merger, check_images, check_params
 def merge_and_predict(generalist: nn.Module, expert: nn.Module, images: torch.Tensor, classnames: Sequence[str], *,
                       tokenizer: Callable | None = None, templates: Sequence[str] | None = None, method: str = "t3",
                       engine: str = "fused", gamma: float = 0.5, lambda_min: float = 0.0, lambda_max: float = 1.0,
-                      text_heads: str = "exact", validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      text_heads: str = "adaptive", validation: tuple[torch.Tensor, torch.Tensor] | None = None,
                       **method_params: Any) -> MergeOutput:
     """Predict `images` [B, 3, H, W] with `method` merging the generalist and the expert.
 
     λ is always the weight on the generalist. For repeated calls on one pair, build a
     `tcube.Merger` once: it caches heads and merged weights.
+
+    `text_heads`: "adaptive" (default; per-sample heads from piecewise Chebyshev interpolation in λ
+    whose error is measured against exact encodes and kept ≤ 2e-5 in logits, within the engines'
+    1e-4 contract), "exact" (one text encode per distinct λ, the reference) or "grid"
+    (**approximate**, opt-in: linear interpolation on a fixed λ grid, error not bounded by 1e-4).
     """
     if tokenizer is None:
         raise ValueError("tokenizer is required (e.g. pair.tokenizer from load_pair, or open_clip.get_tokenizer)")

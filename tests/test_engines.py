@@ -107,3 +107,15 @@ def test_unsupported_tower_raises_naming_it():
 def test_unknown_engine_name():
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("turbo", None, None)
+
+
+def test_fused_text_drops_padding_exactly(any_pair):
+    # prompts are a few tokens, padded to the context (BiomedCLIP: 256); the fused tower drops the padding
+    tokens, _ = tokenize_prompts(any_pair.tokenizer, CLASSES)
+    fused = FusedCLIP(any_pair.generalist, any_pair.expert)
+    trimmed = fused.trim_padding(tokens)
+    assert trimmed.shape[1] < tokens.shape[1]
+    assert torch.equal(trimmed, tokens[:, :trimmed.shape[1]])
+    lam = torch.linspace(0, 1, tokens.shape[0])
+    naive = make_engine("naive", any_pair.generalist, any_pair.expert)
+    assert (fused.encode_text(tokens, lam) - naive.text_features(tokens, lam)).abs().max() <= 1e-4

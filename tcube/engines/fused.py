@@ -90,10 +90,38 @@ class FusedCLIP(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        tokens = self.trim_padding(tokens)
         with self.rows.set(lam):
             if self.text_kind == "hf_text":
                 return self.model.text(tokens)
             return self._open_clip_text(tokens, lam)
+
+    def trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the padding columns after the longest prompt, where that leaves the pooled output unchanged.
+
+        Prompts are a few tokens but tokenizers pad to the context length (BiomedCLIP's BERT: 256, ~20×
+        the prompt). Exact when no kept position can see a dropped one: BERT masks padding keys and pools
+        the CLS token (or a masked mean/max); open_clip text towers are causal (or mask padding) and pool
+        the EOT/EOS/first token. Other poolings keep the full length.
+        """
+        pad = self._pad_id()
+        if pad is None or tokens.ndim != 2 or tokens.shape[1] <= 1:
+            return tokens
+        used = (tokens != pad).any(0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        return tokens if length == tokens.shape[1] else tokens[:, :length]
+
+    def _pad_id(self) -> int | None:
+        m = self.model
+        if self.text_kind == "hf_text":
+            from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MaxPooler, MeanPooler
+
+            pooler = m.text.pooler
+            front = isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and pooler.cls_token_position == 0
+            return m.text.config.pad_token_id if front or isinstance(pooler, (MeanPooler, MaxPooler)) else None
+        tower, pool = (m.text, m.text.pool_type) if self.text_kind == "open_clip_text_tower" else (m, m.text_pool_type)
+        masked = tower.attn_mask is not None or getattr(tower, "use_pad_mask", False)
+        return getattr(tower, "pad_id", 0) if masked and pool in ("argmax", "eos", "first") else None
 
     def logit_scale(self, lam: torch.Tensor) -> torch.Tensor:
         return self._scalar("logit_scale", lam).exp()
@@ -127,9 +155,11 @@ class FusedCLIP(nn.Module):
         x = tower.token_embedding(text)
         x = x + self.param(prefix + "positional_embedding", lam)[..., :seq_len, :].to(x.dtype)
         attn_mask = tower.attn_mask
+        if attn_mask is not None:
+            attn_mask = attn_mask[:seq_len, :seq_len]  # prompts trimmed of padding are shorter than the context
         if prefix and tower.use_pad_mask:
             pad = tower._build_additive_mask(text, seq_len, x.dtype)
-            attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
+            attn_mask = pad if attn_mask is None else attn_mask.unsqueeze(0) + pad
         x = tower.transformer(x, attn_mask=attn_mask)
         x = tower.ln_final(x)
         from open_clip.transformer import text_global_pool
@@ -246,7 +276,7 @@ class FusedEngine(Engine):
         return self.fused.encode_image(images, lam)
 
     def text_features(self, tokens, lam):
-        return self.fused.encode_text(tokens, lam)
+        return self.fused.encode_text(tokens, lam)  # padding columns trimmed where exact (FusedCLIP.trim_padding)
 
     def logit_scale(self, lam):
         return self.fused.logit_scale(lam)

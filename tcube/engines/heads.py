@@ -1,6 +1,32 @@
-"""Per-sample zero-shot heads of merged models: exact, or interpolated on a precomputed λ grid."""
+"""Per-sample zero-shot heads of merged models: adaptive (error-bounded, the default), exact, or grid.
+
+head(λ) = normalize(mean over templates of normalize(text_features(prompt; λ))) is an analytic
+function of λ (the merged text tower is a composition of smooth maps of affine-in-λ weights), so on
+a short λ interval a low-degree polynomial reproduces it to fp32 noise. `adaptive` exploits that:
+
+- [0, 1] (and beyond, for extrapolating λ rules) is cut into fixed dyadic pieces of width
+  1/(`base_pieces`·2^d); λ values that no built piece covers get pieces 2–4× as wide as their span
+  (depth d from the span), each a Chebyshev–Lobatto interpolant of the heads, built once and cached,
+  so a streamed `Merger` encodes nothing once its λ range is covered.
+- The node count is chosen a posteriori: nested Lobatto sets of 5, 9, 17 nodes; each doubling first
+  encodes the new nodes exactly and measures the previous interpolant's error at them, in logit units
+  (head error in the 2-norm × the piece's largest merged exp(logit_scale), which bounds |Δlogit| of
+  every class for a unit image feature). Once that measured error is ≤ `tol`, the piece keeps the
+  interpolant through *all* nodes encoded so far (twice as many as the one measured, so under the
+  geometric convergence of analytic functions its error is far below `tol`; where the fp32 noise of
+  the encodes is above `tol`, see `noise_cap` in TextHeads). A piece that misses
+  `tol` at 17 nodes is split in two (down to `max_depth` halvings); past that its λ are encoded
+  exactly. So the error is measured, never assumed, and the fallback is the exact head.
+- A batch with at most `exact_below` distinct λ (T^3_B, static merges, single samples) is encoded
+  exactly: one encode per λ is cheaper than any interpolant.
+
+`exact` encodes the prompts once per distinct λ (the reference). `grid` is **approximate** and
+opt-in: linear interpolation between G evenly spaced heads over [0, 1], error O(1/G²), not bounded
+by the engine contract.
+"""
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -9,42 +35,96 @@ import torch.nn.functional as F
 from ..models.heads import head_from_text_features
 from .base import Engine
 
-HEAD_MODES = ("exact", "grid")
+HEAD_MODES = ("adaptive", "exact", "grid")
+APPROXIMATE_HEAD_MODES = ("grid",)
+NESTED_NODES = (5, 9, 17)
+
+
+def lobatto_nodes(a: float, b: float, n: int) -> torch.Tensor:
+    """n Chebyshev–Lobatto points on [a, b], ascending, float64 (nested: those of n are every other one of 2n−1)."""
+    k = torch.arange(n, dtype=torch.float64)
+    return (a + b) / 2 - (b - a) / 2 * torch.cos(math.pi * k / (n - 1))
+
+
+def barycentric(nodes: torch.Tensor, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Polynomial interpolant through (nodes [n] Lobatto, values [n, ...]) at x [m]: [m, ...] (float64)."""
+    n = nodes.shape[0]
+    w = torch.ones(n, dtype=torch.float64)
+    w[1::2] = -1
+    w[0], w[-1] = w[0] / 2, w[-1] / 2
+    diff = x.double().view(-1, 1) - nodes.view(1, -1)
+    hit = diff == 0
+    q = w / torch.where(hit, torch.ones_like(diff), diff)
+    q = torch.where(hit.any(1, keepdim=True), hit.double(), q)  # a node itself: its value, exactly
+    flat = values.double().reshape(n, -1)
+    return ((q @ flat) / q.sum(1, keepdim=True)).view(x.shape[0], *values.shape[1:])
+
+
+class _Piece:
+    """State of one dyadic λ piece: an accepted interpolant, split into halves, or exact encodes."""
+
+    __slots__ = ("kind", "nodes", "heads", "error")
+
+    def __init__(self, kind: str, nodes=None, heads=None, error: float = float("nan")):
+        self.kind, self.nodes, self.heads, self.error = kind, nodes, heads, error
 
 
 class TextHeads:
-    """head(λ) = normalize(mean over templates of normalize(text_features(prompt; λ))) for each sample's λ.
+    """Heads [B, C, E] of each sample's merged model: `heads(lam)`; see the module docstring for the modes.
 
-    `exact` encodes the prompts once per distinct λ with the engine. `grid` encodes them once at G
-    evenly spaced λ ∈ [0, 1] (input-independent, so reused for every batch) and interpolates
-    linearly between the two nearest grid heads, then renormalizes; its error shrinks as O(1/G²).
+    `tol` (adaptive): largest measured interpolation error allowed, in logit units (|Δlogit|), well under
+    the engines' 1e-4 contract so fp32 noise of the encodes themselves fits in the rest. With a large
+    logit scale (trained CLIPs: 100) the fp32 noise of the exact encodes (~1e-6 relative) can exceed
+    `tol`; a piece whose measured error stops falling when its nodes double is at that noise floor and
+    is accepted if the error is ≤ `noise_cap` (exact heads carry the same noise); otherwise it is split.
+    `stats` counts λ values encoded (`encoded`) and pieces built, for tests and benchmarks.
     """
 
     def __init__(self, engine: Engine, tokens: torch.Tensor, n_classes: int, n_templates: int, *,
-                 mode: str = "exact", grid_size: int = 33, chunk_rows: int = 512, cache_size: int = 64):
+                 mode: str = "adaptive", grid_size: int = 33, tol: float = 2e-5, noise_cap: float = 5e-5,
+                 base_pieces: int = 8,
+                 max_depth: int = 3, exact_below: int = 4, chunk_rows: int = 512, cache_size: int = 64):
         if mode not in HEAD_MODES:
             raise ValueError(f"unknown text head mode '{mode}'; choose one of {HEAD_MODES}")
         if mode == "grid" and grid_size < 2:
             raise ValueError(f"grid_size must be ≥ 2, got {grid_size}")
+        if not tol > 0 or base_pieces < 1 or max_depth < 0:
+            raise ValueError(f"need tol > 0, base_pieces ≥ 1, max_depth ≥ 0; got {tol}, {base_pieces}, {max_depth}")
         self.engine, self.tokens = engine, tokens
         self.n_classes, self.n_templates = n_classes, n_templates
         self.mode, self.grid_size, self.chunk_rows = mode, grid_size, chunk_rows
+        self.tol, self.noise_cap, self.base_pieces, self.max_depth, self.exact_below = (
+            tol, noise_cap, base_pieces, max_depth, exact_below)
+        self.max_start_depth = 10  # the shortest piece a narrow batch starts with: 1/(base_pieces·2^10)
         self._cache: OrderedDict[float, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._grid: torch.Tensor | None = None
+        self._pieces: dict[tuple[int, int], _Piece] = {}
+        self._nodes: dict[float, torch.Tensor] = {}  # exact heads at interpolation nodes, by λ
+        self.stats = {"encoded": 0, "pieces": 0, "splits": 0, "exact_fallback": 0}
+
+    @property
+    def approximate(self) -> bool:
+        """True for modes whose error is not bounded by the engine contract (grid)."""
+        return self.mode in APPROXIMATE_HEAD_MODES
 
     def __call__(self, lam: torch.Tensor) -> torch.Tensor:
-        return self.exact(lam) if self.mode == "exact" else self.interpolated(lam)
+        if self.mode == "exact":
+            return self.exact(lam)
+        return self.adaptive(lam) if self.mode == "adaptive" else self.interpolated(lam)
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Heads [U, C, E] at each λ in `values`, encoding prompts in row chunks."""
+        self.stats["encoded"] += values.shape[0]
         per = self.tokens.shape[0]
         tokens = self.tokens.repeat(values.shape[0], 1)
         rows = values.repeat_interleave(per)
         feats = torch.cat([self.engine.text_features(tokens[s:s + self.chunk_rows], rows[s:s + self.chunk_rows])
                            for s in range(0, tokens.shape[0], self.chunk_rows)])
+        self._feature_dtype = feats.dtype
         return head_from_text_features(feats.view(values.shape[0], per, -1), self.n_classes, self.n_templates)
 
+    # -- exact: one encode per distinct λ (LRU-cached) ------------------------------------------------
     def exact(self, lam: torch.Tensor) -> torch.Tensor:
         values, inverse = torch.unique(lam, return_inverse=True)
         keys = values.tolist()
@@ -58,6 +138,117 @@ class TextHeads:
             self._cache.popitem(last=False)
         return heads
 
+    # -- adaptive: piecewise Chebyshev with a measured error bound -------------------------------------
+    def adaptive(self, lam: torch.Tensor) -> torch.Tensor:
+        values, inverse = torch.unique(lam, return_inverse=True)
+        if values.numel() <= self.exact_below:
+            return self.exact(lam)
+        points = values.double().cpu()
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        known = [self._locate(float(v)) for v in points]  # pieces built by earlier batches
+        for piece in set(known) - {None}:
+            at = torch.tensor([i for i, p in enumerate(known) if p == piece], dtype=torch.long)
+            self._resolve(piece, points[at], at, parts, piece[0])
+        new = torch.tensor([i for i, p in enumerate(known) if p is None], dtype=torch.long)
+        if new.numel():
+            # new pieces twice to four times as wide as the λ span left: a narrow span (the paper's rule gives
+            # [0.5, 0.586]) gets a short piece, which a 5-node interpolant already resolves to fp32 noise
+            span = float(points[new].max() - points[new].min())
+            depth = self.max_start_depth if span == 0 else \
+                max(0, min(self.max_start_depth, math.floor(math.log2(1 / (self.base_pieces * span))) - 1))
+            index = self._index(points[new], depth)
+            for k in index.unique().tolist():
+                at = new[index == k]
+                self._resolve((depth, k), points[at], at, parts, depth + self.max_depth)
+        first = parts[0][1]
+        out = first.new_empty(values.shape[0], *first.shape[1:])
+        for at, heads in parts:
+            out[at] = heads
+        return out.to(lam.device)[inverse]
+
+    def _index(self, points: torch.Tensor, depth: int) -> torch.Tensor:
+        """Piece index of each λ at `depth` (λ = 1 belongs to the last piece of [0, 1])."""
+        scaled = points * (self.base_pieces * 2**depth)
+        index = scaled.floor().long()
+        index[scaled == self.base_pieces * 2**depth] -= 1
+        return index
+
+    def _locate(self, value: float) -> tuple[int, int] | None:
+        """The built piece (interpolant or exact) containing λ, shallowest first; None if there is none."""
+        for depth in range(self.max_start_depth + self.max_depth + 1):
+            piece = (depth, int(self._index(torch.tensor([value], dtype=torch.float64), depth)))
+            state = self._pieces.get(piece)
+            if state is not None and state.kind != "split":
+                return piece
+        return None
+
+    def _bounds(self, piece: tuple[int, int]) -> tuple[float, float]:
+        depth, k = piece
+        width = 1.0 / (self.base_pieces * 2**depth)
+        return k * width, (k + 1) * width
+
+    def _resolve(self, piece, values: torch.Tensor, at: torch.Tensor, parts: list, limit: int) -> None:
+        state = self._pieces.get(piece)
+        if state is None:
+            state = self._pieces[piece] = self._build(piece, can_split=piece[0] < limit)
+        if state.kind == "interp":
+            parts.append((at, F.normalize(barycentric(state.nodes, state.heads, values), dim=-1).float()))
+        elif state.kind == "split":
+            depth, k = piece
+            mid = sum(self._bounds(piece)) / 2
+            for child, mask in (((depth + 1, 2 * k), values <= mid), ((depth + 1, 2 * k + 1), values > mid)):
+                if mask.any():
+                    self._resolve(child, values[mask], at[mask], parts, limit)
+        else:
+            parts.append((at, self.exact(values.to(torch.float32).to(self.tokens.device)).float().cpu()))
+
+    def _node_heads(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Exact heads at float64 λ nodes, kept by value (pieces share endpoints and halves share nodes)."""
+        keys = nodes.tolist()
+        missing = [v for v in keys if v not in self._nodes]
+        if missing:
+            device = self.tokens.device
+            self._nodes.update(zip(missing, self.encode(torch.tensor(missing, dtype=torch.float32, device=device))))
+        return torch.stack([self._nodes[v] for v in keys]).cpu()
+
+    def _build(self, piece, can_split: bool) -> _Piece:
+        a, b = self._bounds(piece)
+        scale = float(self.engine.logit_scale(torch.tensor([a, b], device=self.tokens.device)).max())
+        self._node_heads(lobatto_nodes(a, b, NESTED_NODES[0]))  # one forward for the first two sets
+        nodes = lobatto_nodes(a, b, 3)
+        heads = self._node_heads(nodes)
+        error, previous = float("inf"), float("inf")
+        for n in NESTED_NODES:
+            finer = lobatto_nodes(a, b, n)
+            new = finer[1::2]
+            new_heads = self._node_heads(new)
+            predicted = F.normalize(barycentric(nodes, heads, new), dim=-1)
+            error, previous = float((predicted - new_heads.double()).norm(dim=-1).max()) * scale, error
+            merged = torch.empty(n, *heads.shape[1:], dtype=heads.dtype)
+            merged[0::2], merged[1::2] = heads, new_heads
+            nodes, heads = finer, merged
+            # at the fp32 noise floor of the encodes themselves, doubling the nodes stops reducing the error
+            at_noise_floor = n > NESTED_NODES[0] and error > previous / 4 and error <= self._noise_cap()
+            if error <= self.tol or at_noise_floor:
+                self.stats["pieces"] += 1
+                return _Piece("interp", nodes, heads, error)
+        if can_split:
+            self.stats["splits"] += 1
+            return _Piece("split", error=error)
+        self.stats["exact_fallback"] += 1
+        return _Piece("exact", error=error)
+
+    def _noise_cap(self) -> float:
+        """noise_cap, scaled up when the text tower runs in reduced precision (autocast bf16/fp16 encodes)."""
+        eps = torch.finfo(getattr(self, "_feature_dtype", torch.float32)).eps
+        return self.noise_cap * max(1.0, eps / torch.finfo(torch.float32).eps)
+
+    def max_error(self) -> float:
+        """Largest error measured on any piece in use (logit units; NaN before any was built)."""
+        errors = [p.error for p in self._pieces.values() if p.kind == "interp"]
+        return max(errors) if errors else float("nan")
+
+    # -- grid: approximate, opt-in ---------------------------------------------------------------------
     def interpolated(self, lam: torch.Tensor) -> torch.Tensor:
         if lam.min() < 0 or lam.max() > 1:
             raise ValueError("grid text heads cover λ ∈ [0, 1]; use text_heads='exact' for extrapolation")

@@ -50,7 +50,7 @@ class NaiveEngine(_MaterializingEngine):
 
     @torch.no_grad()
     def image_features(self, images, lam):
-        return torch.cat([self.merged(float(l)).encode_image(images[i:i + 1]) for i, l in enumerate(lam)])
+        return torch.cat([self.merged(float(v)).encode_image(images[i:i + 1]) for i, v in enumerate(lam)])
 
 
 class BatchEngine(_MaterializingEngine):

@@ -104,7 +104,7 @@ class Merger:
     """Merged inference for one generalist/expert pair and one set of classes."""
 
     def __init__(self, generalist: nn.Module, expert: nn.Module, tokenizer: Callable, classnames: Sequence[str],
-                 templates: Sequence[str] | None = None, *, engine: str = "fused", text_heads: str = "exact",
+                 templates: Sequence[str] | None = None, *, engine: str = "fused", text_heads: str = "adaptive",
                  grid_size: int = 33, engine_options: dict[str, Any] | None = None, precision: str = "fp32"):
         check_compatible(generalist.state_dict(), expert.state_dict(), "generalist and expert")
         self.generalist, self.expert = generalist.eval(), expert.eval()
