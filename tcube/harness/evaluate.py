@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig
 
 from ..io import json_safe, write_text_atomic
 from ..protocols import (
@@ -41,6 +40,7 @@ from ..protocols.base import cap_limit
 from ..reporting.report import render_report, summarize
 from ..reporting.results import RESULTS_NAME, ResultsFile, cell_key, rows_in
 from .cache import LogitCache
+from .config import register_configs, to_settings
 from .distributed import SINGLE, Dist
 from .runner import CellRunner, PairInfo
 
@@ -84,19 +84,6 @@ class Plan:
         return list(out.values())
 
 
-# -- config -> plain settings ----------------------------------------------------------------------
-def to_settings(cfg: DictConfig | dict) -> dict[str, Any]:
-    """The resolved config as plain Python containers; a required value left unset names its override."""
-    if isinstance(cfg, dict):
-        return cfg
-    try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        key = getattr(err, "full_key", None) or "a required key"
-        raise ValueError(f"{key} is not set: pass it on the command line, e.g. {key}=local-dir:/path/to/model "
-                         "(model=local takes your own folders)") from None
-
-
 def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
     """A registered dataset by name, or the config's own description (name, modality, classes, ...)."""
     described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task")
@@ -124,29 +111,14 @@ def method_variants(method: dict[str, Any], references: list[str]) -> list[Varia
     return [make_variant(n, params) for n in ordered]
 
 
-def _int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def build_plan(s: dict[str, Any]) -> Plan:
     """Validate the settings and list every cell; loads no model (fails fast on bad overrides)."""
-    from ..engines import ENGINES
-
-    for key, ok, what in (("batch_size", _int(s.get("batch_size"), 1), "a positive integer"),
-                          ("limit", s.get("limit") is None or _int(s["limit"], 1), "a positive integer or null"),
-                          ("calibration_limit", s.get("calibration_limit") is None or _int(s["calibration_limit"], 1),
-                           "a positive integer or null"),
-                          ("seed", _int(s.get("seed"), 0), "a non-negative integer")):
-        if not ok:
-            raise ValueError(f"{key} must be {what}, got {s.get(key)!r} (e.g. {key}=16)")
     from ..runtime.device import resolve_device
     from ..runtime.precision import check_precision
 
-    check_precision(s.get("precision", "fp32"), resolve_device(s.get("device", "auto")))
+    check_precision(s["precision"], resolve_device(s["device"]))
     engine = s["engine"]["name"]
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}'; choose engine=naive|batch|bucket|fused")
-    variants = method_variants(s["method"], list(s.get("references") or []))
+    variants = method_variants(s["method"], list(s["references"]))
     check_engine(variants, engine)
     for key in ("generalist", "expert"):
         if not s["model"].get(key):
@@ -155,8 +127,8 @@ def build_plan(s: dict[str, Any]) -> Plan:
     cells = []
     for index, part in enumerate(parts):
         p = part.settings
-        ctx = Context(data=part.primary, options=p["protocol"], data_root=p["data"].get("root"),
-                      size=int(p["data"].get("size", 28)), has_expert_base=bool(p["model"].get("expert_base")))
+        ctx = Context(data=part.primary, options=p["protocol"], data_root=p["data"]["root"],
+                      size=p["data"]["size"], has_expert_base=bool(p["model"].get("expert_base")))
         sets, skips = eval_sets(p["protocol"]["name"], ctx)
         skipped += skips
         for es in sets:
@@ -173,7 +145,7 @@ def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
     one model config serves every modality.
     """
     data = s["data"]
-    root, size = data.get("root"), int(data.get("size", 28))
+    root, size = data["root"], data["size"]
     if data.get("name") != "all":
         return [_part(s, data, resolve_data(_data_entry(data), root, size))], []
     names = list(data.get("datasets") or [])
@@ -201,16 +173,17 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     model, engine = s["model"], s["engine"]
     specs = (model["generalist"], model[es.expert])
     ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs,
-             "engine": engine["name"], "engine_options": {k: engine[k] for k in sorted(engine) if k != "name"},
-             "seed": s["seed"], "limit": cap_limit(s.get("limit"), es.limit), "generalist": specs[0],
+             "engine": engine["name"],
+             "engine_options": {k: engine[k] for k in sorted(engine) if k != "name" and engine[k] is not None},
+             "seed": s["seed"], "limit": cap_limit(s["limit"], es.limit), "generalist": specs[0],
              "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
-        ident["zoo_profile"] = model.get("zoo_profile", "default")
-    if s.get("precision", "fp32") != "fp32":  # fp32 rows keep the keys they had before precision existed
+        ident["zoo_profile"] = model["zoo_profile"]
+    if s["precision"] != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
     if v.needs_calibration:
-        ident["calibration_source"] = s.get("calibration", "own")  # rows keep "calibration" for what was fitted
-        ident["calibration_limit"] = cap_limit(s.get("limit"), s.get("calibration_limit"))
+        ident["calibration_source"] = s["calibration"]  # rows keep "calibration" for what was fitted
+        ident["calibration_limit"] = cap_limit(s["limit"], s["calibration_limit"])
     return ident
 
 
@@ -229,7 +202,7 @@ def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
     except ImportError as err:
         raise ValueError(f"model spec '{spec}' needs tcube.zoo, which is not available ({err}); use "
                          "model=local model.generalist=local-dir:/path model.expert=local-dir:/path") from None
-    return resolve_spec(spec, profile=s["model"].get("zoo_profile", "default"), seed=s["seed"], data_root=data_root)
+    return resolve_spec(spec, profile=s["model"]["zoo_profile"], seed=s["seed"], data_root=data_root)
 
 
 def pair_loader(s: dict[str, Any], data_root: str, device: str, dist: Dist = SINGLE) -> Callable[[str], PairInfo]:
@@ -271,7 +244,7 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
     plan = build_plan(s)
     from .distributed import init_from_env, shutdown
 
-    dist, created = init_from_env(_device(s.get("device", "auto")))  # torchrun: join the group (tcube.harness.distributed)
+    dist, created = init_from_env(_device(s["device"]))  # torchrun: join the group (tcube.harness.distributed)
     try:
         return _run(plan, s, run_dir, dist)
     finally:
@@ -294,7 +267,7 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
     log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
              results.path, pending)
     # only rank 0 writes; the other ranks compute their share of each cell and return rank 0's summary
-    logger = make_logger((s.get("logger") or {"name": "none"}) if dist.is_main else {"name": "none"}, run_dir, s)
+    logger = make_logger(s["logger"] if dist.is_main else {"name": "none"}, run_dir, s)
     try:
         if groups:
             evaluate(groups, plan, s, results, logger, dist)
@@ -315,12 +288,12 @@ def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunne
     """The cell runner of one expert (its models load on first use)."""
     s, engine = part.settings, part.settings["engine"]
     return CellRunner(
-        pair_loader(s, str(part.primary.path.parent), _device(s.get("device", "auto"), dist), dist), cache=cache,
-        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if k in engine},
-        text_heads=engine.get("text_heads", "exact"), grid_size=int(engine.get("grid_size", 33)),
-        batch_size=s["batch_size"], limit=s.get("limit"), seed=s["seed"], calibration=s.get("calibration", "own"),
-        calibration_limit=s.get("calibration_limit"), primary=part.primary, progress=bool(s.get("progress", True)),
-        precision=s.get("precision", "fp32"), dist=dist)
+        pair_loader(s, str(part.primary.path.parent), _device(s["device"], dist), dist), cache=cache,
+        engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if engine[k] is not None},
+        text_heads=engine["text_heads"], grid_size=engine["grid_size"],
+        batch_size=s["batch_size"], limit=s["limit"], seed=s["seed"], calibration=s["calibration"],
+        calibration_limit=s["calibration_limit"], primary=part.primary, progress=s["progress"],
+        precision=s["precision"], dist=dist)
 
 
 def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[str, Any], results: ResultsFile,
@@ -328,11 +301,11 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
     """Compute the pending cells, appending each row as soon as it exists (a kill loses one cell at most)."""
     from tqdm import tqdm
 
-    cache = LogitCache(s.get("cache_dir"), enabled=bool(s.get("cache", True)))
+    cache = LogitCache(s["cache_dir"], enabled=s["cache"])
     runner, runner_part = None, None
     computed: dict[str, tuple[str, dict]] = {}  # view_key -> (key, metrics) of the cell that computed it
     with tqdm(total=sum(len(c) for *_, c in groups), desc="cells",
-              disable=not (s.get("progress", True) and dist.is_main)) as bar:
+              disable=not (s["progress"] and dist.is_main)) as bar:
 
         def emit(cell: Cell, metrics: dict) -> None:
             row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -371,12 +344,29 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
     meta = {"generalist": s["model"]["generalist"], "expert": ", ".join(m["expert"] for m in experts),
             "expert_base": s["model"].get("expert_base"), "data": ", ".join(p.primary.name for p in plan.parts),
             "protocol": s["protocol"]["name"], "engine": s["engine"]["name"], "seed": s["seed"],
-            "limit": s.get("limit"), "cells": len(rows)}
+            "limit": s["limit"], "cells": len(rows), "generalist_datasets": generalist_datasets(s)}
     write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
     write_text_atomic(run_dir / "report.md", render_report(summary, rows, meta))
-    if s.get("plots", True) and rows:
+    if s["plots"] and rows:
         write_plots(rows, run_dir)
     return summary
+
+
+def generalist_datasets(s: dict[str, Any]) -> list[str] | None:
+    """The datasets the generalist was trained on, as its tcube manifest records them; None = unknown
+    (the report then makes no claim about what "novel" means)."""
+    spec = str(s["model"]["generalist"])
+    if spec.startswith("zoo:"):
+        from ..zoo.store import zoo_dir
+
+        folder = zoo_dir(s["model"]["zoo_profile"], s["seed"]) / spec[len("zoo:"):]
+    elif spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:"):])
+    else:
+        return None
+    manifest = folder / "manifest.json"
+    trained_on = json.loads(manifest.read_text()).get("trained_on") if manifest.is_file() else None
+    return list(trained_on) if trained_on else None
 
 
 def write_plots(rows: list[dict], run_dir: Path) -> None:
@@ -406,25 +396,12 @@ def cli(cfg: DictConfig) -> None:
         sys.exit(EXIT_CONFIG_ERROR)
 
 
+register_configs()  # the typed schema conf/config.yaml starts from (an in-memory ConfigStore entry)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     cli(cfg)
-
-
-GROUPS = ("model", "data", "method", "engine", "protocol", "logger")
-
-
-def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """`method=foo` with no conf/method/foo.yaml: our message (and exit code 2) instead of Hydra's traceback."""
-    for arg in argv:
-        group, eq, values = arg.lstrip("+").partition("=")
-        if not eq or group not in GROUPS or not (conf_dir / group).is_dir():
-            continue
-        known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        for value in values.split(","):  # a multirun sweep lists several
-            if value and value not in known:
-                raise ValueError(f"unknown {group} '{value}': choose {group}=" + "|".join(known)
-                                 + f" (configs in {conf_dir / group}; add a YAML file there for a new one)")
 
 
 def main() -> None:
@@ -433,12 +410,6 @@ def main() -> None:
         if not any(a.startswith(("--config-dir", "-cd")) for a in argv):
             sys.exit(f"tcube.eval: error: no configs at {CONF_DIR}. conf/ lives in the source tree: install "
                      "tcube with `pip install -e .` from a checkout, or pass --config-dir /path/to/tcube/conf")
-    else:
-        try:
-            check_group_overrides(argv)
-        except ValueError as err:
-            print(f"tcube.eval: error: {err}", file=sys.stderr)
-            sys.exit(EXIT_CONFIG_ERROR)
     _hydra_main()
 
 
