@@ -87,6 +87,12 @@ def make_pair(scale: str, tmp: Path):
     with torch.no_grad():
         for p in exp.parameters():
             p.add_(torch.randn_like(p) * (p.std() if p.numel() > 1 else 1.0) * 0.2)
+        # A trained CLIP's temperature (exp(logit_scale) = 100) instead of the init's 14.3: with random
+        # features the init gives near-uniform probabilities, JS ≈ 0 and every λ of a batch ≈ 0.5, which
+        # would time per-sample T^3 on one λ. At 100 the pair disagrees like trained models do and λ spans
+        # most of the paper's [0.5, 0.586] (the printed λ range shows it).
+        for m in (gen, exp):
+            m.logit_scale.fill_(torch.log(torch.tensor(100.0)).item())
     size = cfg["vision_cfg"].get("image_size", 224)
     return gen.eval(), exp.eval(), tokenizer_for(cfg, folder), size
 

@@ -32,6 +32,12 @@ class TuningData(str, Enum):
     own = "own"        # the clean val split of each evaluated dataset and class subset
 
 
+class TextHeadMode(str, Enum):
+    adaptive = "adaptive"  # error-bounded interpolation in λ (tcube.engines.heads), the default
+    exact = "exact"        # one encode per distinct λ: the reference
+    grid = "grid"          # APPROXIMATE, opt-in: fixed grid over [0, 1], linear interpolation
+
+
 class EngineName(str, Enum):
     naive = "naive"
     batch = "batch"
@@ -63,8 +69,8 @@ class DataConfig:
 @dataclass
 class EngineConfig:
     name: EngineName = MISSING
-    text_heads: str = "exact"
-    grid_size: int = 33
+    text_heads: TextHeadMode = TextHeadMode.adaptive
+    grid_size: int = 33                 # text_heads=grid only
     num_buckets: Optional[int] = None  # bucket: number of λ bins (conf/engine/bucket.yaml: 8)
 
 
