@@ -111,7 +111,7 @@ def method_variants(method: dict[str, Any], references: list[str]) -> list[Varia
     name = method.get("name")
     if name == "all":
         # `all`: method.params.<method>.<key> sets one method's parameter; any other key is shared by
-        # every selected method that declares it (+method.gamma=2 reaches t3 and t3_batch).
+        # every selected method that declares it and overrides params.<method> (+method.gamma=2: t3, t3_batch).
         names = list(method.get("methods") or method_names())
         per_method = dict(method.get("params") or {})
         shared = {k: v for k, v in method.items() if k not in ("name", "methods", "params")}
@@ -129,7 +129,7 @@ def method_variants(method: dict[str, Any], references: list[str]) -> list[Varia
     shares = split_params(shared, ordered)
     if name != "all":
         shares[name] = shared
-    return [make_variant(n, {**shares[n], **(per_method.get(n) or {})}) for n in ordered]
+    return [make_variant(n, {**(per_method.get(n) or {}), **shares[n]}) for n in ordered]
 
 
 def _int(value: Any, minimum: int) -> bool:
