@@ -116,3 +116,12 @@ def test_registration_is_checked():
     with pytest.raises(ValueError, match="frozen"):
         register(Method("loose", Kind.STATIC, fn=lambda g, e, p: g, params=Loose))
     assert "loose" not in method_names()
+
+
+def test_readme_example_is_the_tested_user_module():
+    """The README's "Adding a method" block is tests/user_methods.py (tested above), so it works as printed."""
+    from pathlib import Path
+
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    block = readme.split("### Adding a method", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block.strip() in (Path(__file__).parent / "user_methods.py").read_text()
