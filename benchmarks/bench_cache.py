@@ -55,7 +55,7 @@ def main() -> None:
     for mode in ("off", "on"):
         times = []
         for i, g in enumerate(gammas):
-            cfg = compose(base + [f"+method.gamma={g}", f"cache={'true' if mode == 'on' else 'false'}"])
+            cfg = compose(base + [f"method.gamma={g}", f"cache={'true' if mode == 'on' else 'false'}"])
             start = time.perf_counter()
             run(cfg, tmp / f"run_{mode}_{i}")
             times.append(time.perf_counter() - start)

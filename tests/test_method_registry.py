@@ -66,6 +66,11 @@ def test_method_configs_match_the_params_dataclass(method):
     assert (_yaml("all")["params"].get(method.name) or {}) == defaults
 
 
+def test_shared_keys_of_all_are_parameters_and_default_to_each_methods_own():
+    shared = {k: v for k, v in _yaml("all").items() if k not in ("name", "methods", "params")}
+    assert all(v is None and any(k in m.result_keys for m in BUILTIN) for k, v in shared.items())
+
+
 def test_every_method_config_is_a_registered_method():
     files = {p.stem for p in (CONF_DIR / "method").glob("*.yaml")} - {"all"}
     assert files == {m.name for m in BUILTIN}
@@ -78,7 +83,7 @@ def test_one_method_override_keeps_its_namespace():
     assert ties.kwargs == {"density": 0.2, "scale": 0.8}
     from omegaconf import OmegaConf
 
-    cfg = compose(["method=all", "method.params.ties.scale=0.7", "+method.gamma=2.0"])
+    cfg = compose(["method=all", "method.params.ties.scale=0.7", "method.gamma=2.0"])
     by = {v.method: v.kwargs for v in method_variants(OmegaConf.to_container(cfg.method, resolve=True), [])}
     assert by["ties"]["scale"] == 0.7 and by["dare"]["scale"] == 1.0 and by["task_arithmetic"]["scale"] == 0.5
     assert by["t3"]["gamma"] == by["t3_batch"]["gamma"] == 2.0 and by["t3_cal"] == {"temperature_scaling": False}

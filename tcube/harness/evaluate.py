@@ -114,7 +114,7 @@ def method_variants(method: dict[str, Any], references: list[str]) -> list[Varia
         # every selected method that declares it and overrides params.<method> (+method.gamma=2: t3, t3_batch).
         names = list(method.get("methods") or method_names())
         per_method = dict(method.get("params") or {})
-        shared = {k: v for k, v in method.items() if k not in ("name", "methods", "params")}
+        shared = {k: v for k, v in method.items() if k not in ("name", "methods", "params") and v is not None}
         for n in per_method:
             get_method(n)  # a clear error for a misspelt method
         used = {k for share in split_params(shared, names).values() for k in share}
