@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcube import METHODS, Merger
+from tcube import Merger, method_names
 from tcube.models import build_model, tokenizer_for
 
 CFG = {
@@ -76,10 +76,10 @@ def main() -> None:
     train(expert, tokenizer, {"pneumoniamnist": train_sets["pneumoniamnist"]}, args.steps // 2, 3e-4, seed=1)
     classes, template = DATA["pneumoniamnist"]
     merger = Merger(generalist, expert, tokenizer, classes, [template], engine="fused")
-    merger.calibrate(*load(root, "pneumoniamnist", "val"))
+    merger.tune(*load(root, "pneumoniamnist", "val"))  # temperatures and t3_cal / wise_ft_cal coefficients
     x, y = load(root, "pneumoniamnist", "test")
     print(f"PneumoniaMNIST test ({len(y)} images), tiny models trained for {args.steps} steps:")
-    for method in METHODS:
+    for method in method_names():
         outs = [merger.predict(xb, method) for xb in x.split(128)]
         preds, lam = torch.cat([o.preds for o in outs]), torch.cat([o.lambdas for o in outs])
         print(f"  {method:16s} top-1 {100 * (preds == y).float().mean():5.1f}%   mean λ {lam.nanmean():.3f}")

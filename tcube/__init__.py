@@ -5,15 +5,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "MergeOutput", "Merger", "ModelPair", "load_model", "load_pair", "merge_and_predict"]
+__all__ = ["Kind", "MergeOutput", "Merger", "Method", "ModelPair", "load_model", "load_pair", "merge_and_predict",
+           "method_names", "register_method"]
 
 # Loaded on first use, so that `import tcube.reporting` (results, scores, reports) loads no model code.
-_LAZY = {"merge_and_predict": ".api", "METHODS": ".methods", "MergeOutput": ".methods", "Merger": ".methods",
+_LAZY = {"merge_and_predict": ".api", "Kind": ".methods", "MergeOutput": ".methods", "Merger": ".methods",
+         "Method": ".methods", "method_names": ".methods", "register_method": ".methods",
          "ModelPair": ".models", "load_model": ".models", "load_pair": ".models"}
 
 if TYPE_CHECKING:
     from .api import merge_and_predict
-    from .methods import METHODS, MergeOutput, Merger
+    from .methods import Kind, MergeOutput, Merger, Method, method_names, register_method
     from .models import ModelPair, load_model, load_pair
 
 

@@ -7,18 +7,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .methods.merger import MergeOutput, Merger, check_images, check_params
+from .methods.merger import MergeOutput, Merger, check_images
+from .methods.registry import Kind, get_method
 
 
 def merge_and_predict(generalist: nn.Module, expert: nn.Module, images: torch.Tensor, classnames: Sequence[str], *,
                       tokenizer: Callable | None = None, templates: Sequence[str] | None = None, method: str = "t3",
-                      engine: str = "fused", gamma: float = 0.5, lambda_min: float = 0.0, lambda_max: float = 1.0,
-                      text_heads: str = "adaptive", validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      engine: str = "fused", gamma: float | None = None, lambda_min: float | None = None,
+                      lambda_max: float | None = None, text_heads: str = "adaptive",
+                      validation: tuple[torch.Tensor, torch.Tensor] | None = None,
                       **method_params: Any) -> MergeOutput:
     """Predict `images` [B, 3, H, W] with `method` merging the generalist and the expert.
 
-    λ is always the weight on the generalist. For repeated calls on one pair, build a
-    `tcube.Merger` once: it caches heads and merged weights.
+    λ is always the weight on the generalist. `method_params` are the method's own parameters; None
+    for gamma / lambda_min / lambda_max means the method's default. For repeated calls on one pair, build
+    a `tcube.Merger` once: it caches heads and merged weights.
 
     `text_heads`: "adaptive" (default; per-sample heads from piecewise Chebyshev interpolation in λ
     whose error is measured against exact encodes and kept ≤ 2e-5 in logits, within the engines'
@@ -27,11 +30,15 @@ def merge_and_predict(generalist: nn.Module, expert: nn.Module, images: torch.Te
     """
     if tokenizer is None:
         raise ValueError("tokenizer is required (e.g. pair.tokenizer from load_pair, or open_clip.get_tokenizer)")
-    check_params(method, {"gamma": gamma, "lambda_min": lambda_min, "lambda_max": lambda_max, **method_params})
+    named = {"gamma": gamma, "lambda_min": lambda_min, "lambda_max": lambda_max}
+    params = {**{k: v for k, v in named.items() if v is not None}, **method_params}
+    m = get_method(method)
+    scaled = getattr(m.make_params(**params), "temperature_scaling", False)  # fail before building the Merger
     check_images(images)
     merger = Merger(generalist, expert, tokenizer, classnames, templates, engine=engine, text_heads=text_heads)
-    if method in ("t3_cal", "wise_ft_cal"):
+    if m.kind is Kind.TUNED or scaled:
         if validation is None:
-            raise ValueError(f"method '{method}' needs validation=(images, labels) to choose its coefficients")
-        merger.calibrate(*validation)
-    return merger.predict(images, method, gamma=gamma, lambda_min=lambda_min, lambda_max=lambda_max, **method_params)
+            raise ValueError(f"method '{method}' needs validation=(images, labels) to choose its coefficients "
+                             "(or to fit the temperatures of temperature_scaling=True)")
+        merger.tune(*validation)
+    return merger.predict(images, method, **params)

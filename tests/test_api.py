@@ -7,7 +7,7 @@ import pytest
 import torch
 from common import seeded_images
 
-from tcube import METHODS, Merger, merge_and_predict
+from tcube import Merger, merge_and_predict, method_names
 from tcube.core.coefficients import js_divergence, t3_lambda
 
 CLASSES = ["normal lungs", "pneumonia", "malignant mass"]
@@ -16,7 +16,7 @@ CLASSES = ["normal lungs", "pneumonia", "malignant mass"]
 @pytest.fixture(scope="module")
 def merger(any_pair):
     m = Merger(any_pair.generalist, any_pair.expert, any_pair.tokenizer, CLASSES, text_heads="grid")
-    m.calibrate(seeded_images(6, seed=9), torch.tensor([0, 1, 2, 0, 1, 2]))
+    m.tune(seeded_images(6, seed=9), torch.tensor([0, 1, 2, 0, 1, 2]))
     return m
 
 
@@ -67,7 +67,7 @@ def test_wise_ft_alpha_is_weight_on_generalist(clip_pair):
     assert torch.all(static.lambdas == 0.8)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_runs_and_is_well_formed(merger, method):
     out = merger.predict(seeded_images(4), method)
     assert out.logits.shape == (4, 3) and out.probs.shape == (4, 3) and out.preds.shape == (4,)
@@ -83,7 +83,7 @@ def test_calibrated_methods_need_validation_data(clip_pair):
                           tokenizer=clip_pair.tokenizer, method="t3_cal")
 
 
-def test_calibration_chooses_from_the_grid(clip_pair):
+def test_tuning_chooses_from_the_grid(clip_pair):
     out = merge_and_predict(clip_pair.generalist, clip_pair.expert, seeded_images(2), CLASSES,
                             tokenizer=clip_pair.tokenizer, method="wise_ft_cal",
                             validation=(seeded_images(6, seed=3), torch.tensor([0, 1, 2, 2, 1, 0])))
@@ -96,6 +96,8 @@ def test_calibration_chooses_from_the_grid(clip_pair):
     (dict(engine="turbo"), "unknown engine"),
     (dict(method="wise_ft", alpha=1.5), "alpha"),
     (dict(bogus=1), "unknown method parameters"),
+    (dict(method="wise_ft", gamma=2.0), r"'wise_ft'; it takes alpha=0.5"),
+    (dict(method="ties", density="high"), "density must be float"),
 ])
 def test_bad_arguments_raise_clear_errors(clip_pair, bad, match):
     with pytest.raises(ValueError, match=match):
@@ -116,13 +118,13 @@ def test_wrong_image_shape_raises(clip_pair):
                           tokenizer=clip_pair.tokenizer)
 
 
-def test_temperature_calibrated_js(clip_pair):
+def test_temperature_scaled_js(clip_pair):
     m = Merger(clip_pair.generalist, clip_pair.expert, clip_pair.tokenizer, CLASSES)
-    with pytest.raises(ValueError, match="calibrate"):
-        m.predict(seeded_images(2), "t3", calibrate_temperature=True)
-    m.calibrate(seeded_images(8, seed=4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    with pytest.raises(ValueError, match="Merger.tune"):
+        m.predict(seeded_images(2), "t3", temperature_scaling=True)
+    m.tune(seeded_images(8, seed=4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     t_gen, t_exp = m.temperatures
-    out = m.predict(seeded_images(3), "t3", calibrate_temperature=True)
+    out = m.predict(seeded_images(3), "t3", temperature_scaling=True)
     lg, le = m.endpoint_logits(seeded_images(3))
     assert torch.allclose(out.js, js_divergence((lg / t_gen).softmax(-1), (le / t_exp).softmax(-1)), atol=1e-6)
-    assert {"ece_generalist_before", "ece_expert_after"} <= set(m.calibration_report)
+    assert {"ece_generalist_before", "ece_expert_after"} <= set(m.temperature_report)

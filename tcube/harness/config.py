@@ -110,6 +110,7 @@ class EvalConfig:
     # non-fp32 runs get their own cell keys
     precision: Precision = Precision.fp32
     limit: Optional[int] = None    # max test images per cell (seeded subset; also caps tuning images); null = all
+    plugins: list[str] = field(default_factory=list)  # your modules that register methods, e.g. [my_pkg.methods]
     # always evaluated too: mCE and error reductions are relative to them
     references: list[str] = field(default_factory=lambda: ["generalist", "expert"])
     calibration: TuningData = TuningData.expert  # the val split validation tuning and temperatures use

@@ -92,23 +92,31 @@ def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
 
 
 def method_variants(method: dict[str, Any], references: list[str]) -> list[Variant]:
-    name = method.get("name")
-    params = {k: v for k, v in method.items() if k not in ("name", "methods")}
-    if name == "all":
-        from ..methods.merger import DEFAULT_PARAMS, METHODS
+    """The variants of the `method` config: one named method with its own keys, or `all` (below)."""
+    from ..methods.registry import get_method, method_names, split_params
 
-        names = list(method.get("methods") or METHODS)
-        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-        if unknown:
-            raise ValueError(f"method parameters {unknown} are unknown; known: {sorted(DEFAULT_PARAMS)}")
+    name = method.get("name")
+    if name == "all":
+        # `all`: method.params.<method>.<key> sets one method's parameter; any other key is shared by
+        # every selected method that declares it and overrides params.<method> (+method.gamma=2: t3, t3_batch).
+        names = list(method.get("methods") or method_names())
+        per_method = dict(method.get("params") or {})
+        shared = {k: v for k, v in method.items() if k not in ("name", "methods", "params") and v is not None}
+        for n in per_method:
+            get_method(n)  # a clear error for a misspelt method
+        used = {k for share in split_params(shared, names).values() for k in share}
+        if set(shared) - used:
+            raise ValueError(f"method parameters {sorted(set(shared) - used)} are unknown to the methods {names}; "
+                             "per method: method.params.<method>.<parameter>=value")
     else:
-        names = [name]
-        variant = make_variant(name, params)
-        extra = sorted(set(params) - set(variant.kwargs))
-        if extra:
-            raise ValueError(f"method '{name}' takes no parameter {extra}; drop it or pick the method that uses it")
+        names, per_method = [name], {}
+        shared = {k: v for k, v in method.items() if k != "name"}
+        get_method(name).make_params(**shared)  # names the method's parameters on a wrong key or value
     ordered = list(dict.fromkeys(list(references) + names))  # references first: they head every table
-    return [make_variant(n, params) for n in ordered]
+    shares = split_params(shared, ordered)
+    if name != "all":
+        shares[name] = shared
+    return [make_variant(n, {**(per_method.get(n) or {}), **shares[n]}) for n in ordered]
 
 
 def build_plan(s: dict[str, Any]) -> Plan:
@@ -118,6 +126,9 @@ def build_plan(s: dict[str, Any]) -> Plan:
 
     check_precision(s["precision"], resolve_device(s["device"]))
     engine = s["engine"]["name"]
+    from ..methods.registry import load_plugins
+
+    load_plugins(s["plugins"])  # the user's modules that register methods, before any name is looked up
     variants = method_variants(s["method"], list(s["references"]))
     check_engine(variants, engine)
     for key in ("generalist", "expert"):
@@ -181,7 +192,7 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
         ident["zoo_profile"] = model["zoo_profile"]
     if s["precision"] != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
-    if v.needs_calibration:
+    if v.needs_tuning:
         ident["calibration_source"] = s["calibration"]  # rows keep "calibration" for what was fitted
         ident["calibration_limit"] = cap_limit(s["limit"], s["calibration_limit"])
     return ident

@@ -2,12 +2,11 @@
 
 Per EvalSet: select the images (class subset, seeded `limit` subset), corrupt them at native size,
 preprocess with the pair's open_clip transform, get the two endpoints' logits (from the cache, or
-one pass of each model, then cached), calibrate if a variant needs it (cached too), and run each
+one pass of each model, then cached), tune on validation data if a variant needs it (cached too), and run each
 variant's merged pass with `Merger.predict(..., endpoint_logits=(g, e))` batch by batch.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import weakref
@@ -25,8 +24,9 @@ from ..data.corruptions import corrupt
 from ..data.files import file_md5
 from ..data.npz import NpzDataset
 from ..io import json_safe
-from ..methods import merger as methods_module
-from ..methods.merger import ADAPTIVE, Merger
+from ..methods.merger import Merger
+from ..methods.registry import Kind, effective, method_names
+from ..methods.tuning import TUNING_VERSION
 from ..models.loading import ModelPair
 from ..protocols.base import DataRef, EvalSet, Variant, cap_limit
 from ..reporting.diagnostics import routing_diagnostics
@@ -57,14 +57,9 @@ def select_indices(labels: np.ndarray, classes: Sequence[int] | None, limit: int
     return idx
 
 
-def _calibration_fingerprint() -> str:
-    """Calibration choices depend on tcube's grids and search code: hash them into the cache key."""
-    try:
-        source = inspect.getsource(Merger.calibrate)
-    except (OSError, TypeError):
-        source = ""
-    grids = [getattr(methods_module, n, None) for n in ("T3_CAL_GRID", "WISE_FT_CAL_GRID")]
-    return cache_key({"source": source, "grids": grids})
+def _tuning_fingerprint() -> str:
+    """Tuned states depend on the tuning code and on which methods are tuned: both go into the cache key."""
+    return cache_key({"tuning_version": TUNING_VERSION, "tuned": method_names(Kind.TUNED)})
 
 
 class CellRunner:
@@ -184,8 +179,11 @@ class CellRunner:
             self.cache.save_logits(key, gen, exp, fields)
         return gen, exp, seconds, False
 
-    def _calibrate(self, es: EvalSet, info: PairInfo, merger: Merger, loaded: set) -> dict[str, Any]:
-        """Load (or compute and cache) the validation-chosen state into `merger`; never touches test data."""
+    def _tune(self, es: EvalSet, info: PairInfo, merger: Merger, loaded: set) -> dict[str, Any]:
+        """Load (or compute and cache) the validation-tuned state into `merger`; never touches test data.
+
+        `calibration` (expert | own) is the tuning data source: the expert's val split or the evaluated set's.
+        """
         data, classes = es.data, es.classes
         if self.calibration == "expert" and self.primary is not None:
             data = self.primary
@@ -197,26 +195,26 @@ class CellRunner:
                 classes = None
         fields = {**self._view_fields(info, data, "val", classes, None, 0, self.calibration_limit), "kind": "calibration",
                   "engine": self.engine, "engine_options": self.engine_options, "text_heads": self.text_heads,
-                  "grid_size": self.grid_size, "code": _calibration_fingerprint()}
+                  "grid_size": self.grid_size, "code": _tuning_fingerprint()}
         key = cache_key(fields)
         if key in loaded and not self.dist.active:
             return fields
 
         def choose() -> dict[str, Any]:  # on rank 0 only: the other ranks receive its choice
             if key in loaded:
-                return merger.calibration_state()
+                return merger.tuning_state()
             state = self.cache.load_json(key)
             if state is None:
                 images, labels = self.load_view(data, "val", classes, info.pair.preprocess,
                                                 limit=self.calibration_limit)
                 same_space = data.name == es.data.name and classes == es.classes
                 source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
-                source.calibrate(images, labels, batch_size=self.batch_size)
-                state = source.calibration_state()
+                source.tune(images, labels, batch_size=self.batch_size)
+                state = source.tuning_state()
                 self.cache.save_json(key, json_safe(state), fields)
             return state
 
-        merger.load_calibration_state(self.dist.from_main(choose))
+        merger.load_tuning_state(self.dist.from_main(choose))
         loaded.clear()
         loaded.add(key)
         return fields
@@ -265,8 +263,8 @@ class CellRunner:
         gen_ok, exp_ok = (gen.argmax(-1) == labels).numpy(), (exp.argmax(-1) == labels).numpy()
         same_weights: dict[str, tuple] = {}  # merged weights' fingerprint -> (preds, λ, JS) already computed
         for variant in variants:
-            if variant.needs_calibration:
-                calibration = self._calibrate(es, info, merger, loaded)
+            if variant.needs_tuning:
+                calibration = self._tune(es, info, merger, loaded)
             static = merger.static_model(variant.method, **variant.kwargs)
             weights = self._weights_fingerprint(static[0]) if static else None
             shared_with = None
@@ -293,13 +291,17 @@ class CellRunner:
                                  **{k: json_safe(getattr(merger, k)) for k in ("temperatures",)
                                     if getattr(merger, k, None) is not None},
                                  "ece": _ece(merger, gen, exp, labels)}
-                                if variant.needs_calibration else None),
+                                if variant.needs_tuning else None),
                 "fingerprints": list(info.fingerprints),
                 "correct": "".join("1" if c else "0" for c in (preds == labels).tolist()),
                 # per image, so reports can bootstrap and diagnose after the fact (tcube.reporting.stats, tcube.reporting.diagnostics)
                 "labels": _compact_labels(labels, n_classes),
                 "js_per_image": [round(v, 6) for v in js.tolist()],
-                "lambda_per_image": ([round(v, 6) for v in lam.tolist()] if variant.method in ADAPTIVE else None),
+                "lambda_per_image": ([round(v, 6) for v in lam.tolist()]
+                                     if effective(variant.method).kind in (Kind.PER_SAMPLE, Kind.PER_BATCH) else None),
+                # so readers of results need no tcube.methods; a tuned method also names how it predicts
+                "method_kind": ([variant.kind.value, effective(variant.method).kind.value]
+                                if variant.kind is Kind.TUNED else variant.kind.value),
             }
             yield variant, metrics
 
@@ -315,7 +317,7 @@ def _ece(merger: Merger, gen: torch.Tensor, exp: torch.Tensor, labels: torch.Ten
     if merger.temperatures is None:
         return None
     temps = dict(zip(("generalist", "expert"), merger.temperatures))
-    return {"val": json_safe(merger.calibration_report),
+    return {"val": json_safe(merger.temperature_report),
             "test": temperature_report({"generalist": gen, "expert": exp}, labels, temps)}
 
 

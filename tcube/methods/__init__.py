@@ -1,4 +1,8 @@
-"""Merging methods and the `Merger` that runs them."""
-from .merger import METHODS, MergeOutput, Merger
+"""Merging methods: the registry (registry.py), the built-ins (builtin.py) and the `Merger` that runs them."""
+from . import builtin  # noqa: F401  (registers the built-in methods; the only import-time side effect)
+from .merger import MergeOutput, Merger
+from .registry import Kind, Method, get_method, method_names, methods, register, register_method
+from .tuning import TUNING_VERSION
 
-__all__ = ["METHODS", "MergeOutput", "Merger"]
+__all__ = ["TUNING_VERSION", "Kind", "MergeOutput", "Merger", "Method", "get_method", "method_names", "methods",
+           "register", "register_method"]

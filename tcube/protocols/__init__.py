@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from . import base_to_novel, corruption, in_domain
 from .base import (
-    CALIBRATED,
-    METHOD_PARAMS,
     PROTOCOL_NAMES,
     Context,
     DataRef,
@@ -42,6 +40,6 @@ def eval_sets(name: str, ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
     return sets, skips
 
 
-__all__ = ["CALIBRATED", "METHOD_PARAMS", "PROTOCOLS", "PROTOCOL_NAMES", "Context", "DataRef", "EvalSet", "Skip",
+__all__ = ["PROTOCOLS", "PROTOCOL_NAMES", "Context", "DataRef", "EvalSet", "Skip",
            "Variant", "check_engine", "eval_sets", "make_variant", "protocol_names", "resolve_data",
            "spec_from_config"]

@@ -19,20 +19,14 @@ from ..data.registry import (
     get_dataset_spec,
     prompts_for,
 )
-from ..methods.merger import (
-    CALIBRATED,
-    METHOD_PARAMS,
-    METHODS,
-    PER_SAMPLE,
-    check_params,
-)
+from ..methods.registry import TEMPERATURE_SCALING, Kind, effective, get_method
 
 PROTOCOL_NAMES = ("in_domain", "base_to_novel", "corruption")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One method with the parameters it reads."""
+    """One registered method with every parameter that affects its results."""
 
     method: str
     params: tuple[tuple[str, Any], ...] = ()
@@ -42,22 +36,27 @@ class Variant:
         return dict(self.params)
 
     @property
-    def needs_calibration(self) -> bool:
-        return self.method in CALIBRATED or bool(self.kwargs.get("calibrate_temperature", False))
+    def kind(self) -> Kind:
+        return get_method(self.method).kind
+
+    @property
+    def needs_tuning(self) -> bool:
+        """Tuned on validation data (its coefficients, or the temperatures of temperature scaling)."""
+        return self.kind is Kind.TUNED or bool(self.kwargs.get(TEMPERATURE_SCALING, False))
 
 
 def make_variant(method: str, params: Mapping[str, Any]) -> Variant:
-    """Keep the parameters `method` reads and validate them (λ_min ≤ λ_max, …) with tcube.methods.merger."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; choose one of {list(METHODS)} or `all` "
-                         "(e.g. method=t3 or method.name=t3)")
-    kept = {k: params[k] for k in METHOD_PARAMS.get(method, ()) if k in params}
-    check_params(method, kept)
-    return Variant(method, tuple(sorted(kept.items())))
+    """The method's variant for `params` (its own parameters; the rest at their defaults), validated."""
+    try:
+        m = get_method(method)
+    except ValueError as err:
+        raise ValueError(f"{err} or `all` (e.g. method=t3 or method.name=t3)") from None
+    p = m.make_params(**params)
+    return Variant(method, tuple(sorted((k, getattr(p, k)) for k in m.result_keys)))
 
 
 def check_engine(variants: Sequence[Variant], engine: str) -> None:
-    per_sample = [v.method for v in variants if v.method in PER_SAMPLE]
+    per_sample = [v.method for v in variants if effective(v.method).kind is Kind.PER_SAMPLE]
     if engine == "batch" and per_sample:
         raise ValueError(f"engine 'batch' merges one model per batch, but {per_sample} need one λ per sample; "
                          "use engine=fused (exact) or engine=bucket (approximate), or a method list without them "
