@@ -1,4 +1,4 @@
-"""The library call: `merge_and_predict` (DESIGN.md §3)."""
+"""The library call: `merge_and_predict`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

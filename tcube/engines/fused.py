@@ -264,7 +264,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 class FusedEngine(Engine):
-    """Exact per-sample merging in one batched forward per tower (DESIGN.md §2)."""
+    """Exact per-sample merging in one batched forward per tower."""
 
     name = "fused"
 

@@ -1,4 +1,4 @@
-"""The built-in methods of DESIGN.md §1, registered once at import (the only list of their names).
+"""The built-in methods (the README's "What it does"), registered once at import (the only list of their names).
 
 Each coefficient is the weight on the generalist (λ). The maths is in tcube.core; every argument
 is passed explicitly, so the defaults below are the only ones.
