@@ -63,9 +63,9 @@ def test_chosen_coefficients_ignore_test_labels(cfg, clean_run, tmp_path, monkey
 def test_rows_carry_what_the_report_needs(clean_run):
     rows, run_dir = clean_run
     labels = np.load(REAL_DATA / "retinamnist.npz")["test_labels"].reshape(-1)
-    from tcube.harness.runner import select_indices
+    from tcube.data.npz import select_view
 
-    majority = np.bincount(labels[select_indices(labels, None, 24, 0)]).max() / 24 * 100
+    majority = np.bincount(labels[select_view(labels, None, 24, 0)[0]]).max() / 24 * 100
     for r in rows:
         assert r["expert_data"] == "retinamnist" and r["majority_top1"] == pytest.approx(majority)
         assert len(r["correct"]) == 24 and 0.0 <= r["diagnostics"]["rescuable_fraction"] <= 1.0

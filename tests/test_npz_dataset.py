@@ -70,19 +70,21 @@ def test_rgb_flat_labels_and_transform(tmp_path):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 1, 2, 0]
 
 
-def test_indices_and_label_map_for_class_subsets(tmp_path):
+def test_class_subsets_and_limit_match_the_harness_view(tmp_path):
+    from tcube.data.npz import select_view
+
     path = make_npz(tmp_path / "s.npz", shape=(9, 8, 8), label_shape="flat", n_classes=3)
     full = NpzDataset(path, "train")
-    keep = np.flatnonzero(np.isin(full.labels, [1, 2]))
-    sub = NpzDataset(path, "train", indices=keep, label_map={1: 0, 2: 1})
-    assert len(sub) == 6 and sub.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    keep = np.flatnonzero(np.isin(full.labels, [2, 1]))
+    sub = NpzDataset(path, "train", classes=[2, 1])  # class 2 -> 0, class 1 -> 1
+    assert len(sub) == 6 and sub.labels.tolist() == [1, 0, 1, 0, 1, 0]
     assert np.array_equal(np.asarray(sub[0][0]), np.asarray(full[int(keep[0])][0]))
-    with pytest.raises(ValueError, match=r"labels \[0\] are not in label_map"):
-        NpzDataset(path, "train", label_map={1: 0, 2: 1})
-    with pytest.raises(IndexError, match="out of range"):
-        NpzDataset(path, "train", indices=[0, 9])
+    few = NpzDataset(path, "train", classes=[1, 2], limit=4, seed=3)
+    idx, labels = select_view(full.labels, [1, 2], 4, 3)
+    assert few.labels.tolist() == labels.tolist() and np.array_equal(few.images, full.images[idx])
+    assert len(NpzDataset(path, "train", limit=100)) == 9
     with pytest.raises(ValueError, match="no samples"):
-        NpzDataset(path, "train", indices=[])
+        NpzDataset(path, "train", classes=[7])
 
 
 def test_arrays_are_loaded_once_and_file_closed(tmp_path):

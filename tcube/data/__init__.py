@@ -18,7 +18,7 @@ _EXPORTS = {
     "resolve_data_root": "files", "find_npz": "files", "npz_filename": "files", "file_md5": "files",
     "is_offline": "files",
     # datasets
-    "NpzDataset": "npz", "load_npz_split": "npz", "SPLITS": "npz",
+    "NpzDataset": "npz", "load_npz_split": "npz", "select_view": "npz", "SPLITS": "npz",
     "HFImageDataset": "hf", "load_hf_imagefolder": "hf",
     # class splits
     "base_novel_classes": "splits", "MIN_CLASSES_FOR_CLASS_SPLIT": "splits",

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from .registry import DatasetSpec, get_dataset_spec
 
-__all__ = ["resolve_data_root", "npz_filename", "find_npz", "file_md5", "is_offline", "MEDMNIST_SIZES"]
+__all__ = ["resolve_data_root", "npz_filename", "find_npz", "file_md5", "is_offline", "md5_check_enabled",
+           "MEDMNIST_SIZES"]
 
 DATA_DIR_ENV = "TCUBE_DATA_DIR"
+CHECK_MD5_ENV = "TCUBE_CHECK_MD5"  # "0"/"false": accept files whose MD5 differs from the registry's
 DEFAULT_ROOT = Path("~/.medmnist")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 ZENODO_RECORD = "https://zenodo.org/records/10519652"
@@ -74,6 +76,13 @@ def _spec_or_none(name: str) -> DatasetSpec | None:
         return None  # a config-described dataset: just a file stem
 
 
+def md5_check_enabled(check_md5: bool | None = None) -> bool:
+    """``check_md5`` if given, else ``$TCUBE_CHECK_MD5`` (on unless set to 0/false/no/off)."""
+    if check_md5 is not None:
+        return bool(check_md5)
+    return os.environ.get(CHECK_MD5_ENV, "").strip().lower() not in {"0", "false", "no", "off"}
+
+
 def _check_md5(path: Path, spec: DatasetSpec, size: int) -> None:
     expected = (spec.md5 or {}).get(size)
     if expected is None:
@@ -86,8 +95,9 @@ def _check_md5(path: Path, spec: DatasetSpec, size: int) -> None:
             origin, fix = "the tcube registry", "re-create it as its provenance notes describe"
         raise ValueError(
             f"MD5 mismatch for {path}: expected {expected} (from {origin}), got {actual}. The file is "
-            f"corrupt, truncated or not the expected release; {fix}, or pass check_md5=False if you "
-            "changed it on purpose."
+            f"corrupt, truncated or not the expected release; {fix}. If you changed it on purpose, turn the "
+            f"check off with the environment variable {CHECK_MD5_ENV}=0 (e.g. `{CHECK_MD5_ENV}=0 python -m "
+            "tcube.eval ...`, also for python -m tcube.zoo), or check_md5=False in Python."
         )
 
 
@@ -113,8 +123,12 @@ def _missing_message(filename: str, dirs: list[Path], spec: DatasetSpec | None, 
             f"or set {DATA_DIR_ENV}=<folder containing {filename}>.")
 
 
-def find_npz(name: str, root: str | os.PathLike | None = None, size: int = 28, check_md5: bool = True) -> Path:
+def find_npz(name: str, root: str | os.PathLike | None = None, size: int = 28,
+             check_md5: bool | None = None) -> Path:
     """Path of the npz file for dataset ``name`` (flag, alias or custom stem), MD5-checked.
+
+    ``check_md5=None`` follows ``$TCUBE_CHECK_MD5`` (checked unless it is 0/false), so the check can be
+    turned off from any command line (tcube.eval, tcube.zoo, torchrun) for files changed on purpose.
 
     Missing MedMNIST files are downloaded into the data root when online; otherwise (and for
     custom datasets) a FileNotFoundError says which file, where it was looked for, and how to fix it.
@@ -126,6 +140,7 @@ def find_npz(name: str, root: str | os.PathLike | None = None, size: int = 28, c
         raise ValueError(f"MedMNIST {stem} comes in sizes {MEDMNIST_SIZES}, not {size}; pick one of those")
     filename = npz_filename(stem, size)
     dirs = _search_dirs(root)
+    check_md5 = md5_check_enabled(check_md5)
     for d in dirs:
         candidate = d / filename
         if candidate.is_file():
