@@ -8,28 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import REAL
 
 from tcube.data.npz import NpzDataset, load_npz_split
-
-_ENV_DATA_DIR = os.environ.get("TCUBE_DATA_DIR")
-
-# Split sizes and class counts from ../shared/data/medmnist/PROVENANCE.md
-REAL = {
-    "retinamnist": dict(sizes=(1080, 120, 400), shape=(28, 28, 3), classes=5),
-    "pneumoniamnist": dict(sizes=(4708, 524, 624), shape=(28, 28), classes=2),
-    "breastmnist": dict(sizes=(546, 78, 156), shape=(28, 28), classes=2),
-    "ph2": dict(sizes=(140, 20, 40), shape=(28, 28, 3), classes=3),
-}
-
-
-def real_file(name: str) -> Path:
-    """The real file from $TCUBE_DATA_DIR, else the checkout's sibling shared/data/medmnist; else skip."""
-    candidates = ([Path(_ENV_DATA_DIR)] if _ENV_DATA_DIR else []) + [
-        Path(__file__).resolve().parents[2] / "shared/data/medmnist"]
-    for c in candidates:
-        if (c / f"{name}.npz").is_file():
-            return c / f"{name}.npz"
-    pytest.skip(f"{name}.npz not found in {[str(c) for c in candidates]}; set TCUBE_DATA_DIR to its folder")
 
 
 def make_npz(path: Path, *, shape=(5, 13, 17), label_shape="column", n_classes=3, seed=0, **overrides) -> Path:
@@ -135,28 +116,30 @@ def test_from_name_uses_find_npz(tmp_path):
     assert len(ds) == 3 and ds.split == "val"
 
 
-# ----------------------------------------------------------------------------- real files
+# ----------------------------------------------------------------------------- the four datasets (data_root)
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_files_split_sizes(name):
-    path = real_file(name)
-    expected = REAL[name]
-    for split, n in zip(("train", "val", "test"), expected["sizes"]):
+def test_files_split_sizes(data_root, name):
+    """Sizes, shapes and classes as the root declares them (real: PROVENANCE.md; synthetic: tests/synthetic.py)."""
+    path = data_root.file(name)
+    for split, n in zip(("train", "val", "test"), data_root.sizes[name]):
         ds = NpzDataset(path, split)
         assert len(ds) == n
-        assert ds.images.shape[1:] == expected["shape"]
-        assert set(np.unique(ds.labels).tolist()) == set(range(expected["classes"]))
+        assert ds.images.shape[1:] == data_root.shapes[name]
+        assert set(np.unique(ds.labels).tolist()) == set(range(data_root.classes[name]))
         img, label = ds[0]
-        assert img.mode == "RGB" and img.size == (28, 28) and 0 <= label < expected["classes"]
+        assert img.mode == "RGB" and img.size == (28, 28) and 0 <= label < data_root.classes[name]
 
 
-def test_real_ph2_has_three_classes_like_the_registry():
+def test_ph2_has_three_classes_like_the_registry(data_root):
     from tcube.data.registry import get_dataset_spec
 
-    ds = NpzDataset(real_file("ph2"), "train")
+    ds = NpzDataset(data_root.file("ph2"), "train")
     assert get_dataset_spec("ph2").num_classes == 3 == len(np.unique(ds.labels))
-    assert np.bincount(ds.labels).tolist() == [56, 56, 28]  # PROVENANCE.md
+    if data_root.kind == "real":
+        assert np.bincount(ds.labels).tolist() == [56, 56, 28]  # PROVENANCE.md
+    assert len(ds) == data_root.sizes["ph2"][0]
 
 
 # ----------------------------------------------------------------------------- Hugging Face folders
