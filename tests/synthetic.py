@@ -141,9 +141,7 @@ def synthetic_root(tmp_path_factory) -> DataRoot:
     return write_synthetic_root(folder)
 
 
-@pytest.fixture(scope="module", params=data_root_params())
-def data_root(request) -> DataRoot:
-    """The synthetic root (with TCUBE_CHECK_MD5=0 set for the module), then the real one where present."""
+def _data_root(request) -> DataRoot:
     if request.param == "real":
         yield real_root()
         return
@@ -152,3 +150,17 @@ def data_root(request) -> DataRoot:
         for key, value in root.env.items():
             mp.setenv(key, value)
         yield root
+
+
+@pytest.fixture(scope="module", params=data_root_params())
+def data_root(request) -> DataRoot:
+    """The synthetic root (with TCUBE_CHECK_MD5=0 set for the module), then the real one where present."""
+    yield from _data_root(request)
+
+
+@pytest.fixture(scope="module", params=data_root_params()[-1:])
+def one_data_root(request) -> DataRoot:
+    """One root: the real one where present, else the synthetic one. For the slow subprocess plumbing tests
+    (torchrun, launchers, notebook), whose assertions do not depend on the data: running them on both roots would
+    double the suite's slowest minutes for no extra coverage."""
+    yield from _data_root(request)
