@@ -25,7 +25,7 @@ _EXPORTS = {
     # corruptions
     "Corruption": "corruptions", "CORRUPTIONS": "corruptions", "FAMILIES": "corruptions",
     "MEDMNISTC_PARAMS": "corruptions", "corruptions_for": "corruptions", "medmnistc_reference": "corruptions",
-    "severity_param": "corruptions", "corrupt": "corruptions", "corrupt_batch": "corruptions",
+    "severity_param": "corruptions", "corrupt": "corruptions",
 }
 
 __all__ = sorted(_EXPORTS)
