@@ -238,3 +238,19 @@ def test_in_domain_on_retinamnist_with_tiny_random_models(env, data_root, tmp_pa
     assert list(df["method"]) == ["generalist", "expert", "t3"]
     assert (df["n"] == 16).all() and (df["num_classes"] == 5).all() and (df["dataset"] == "retinamnist").all()
     assert summary["protocols"]["in_domain"]["top1"]["t3"] is not None
+
+
+def test_image_folder_dataset_runs_from_the_harness(env, tmp_path, monkeypatch):
+    """DESIGN §4: a data config may name an image folder (read through `datasets`) instead of an npz file."""
+    from test_npz_dataset import write_image_folder
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    write_image_folder(tmp_path / "data" / "thyroid", classes=("benign nodule", "malignant nodule"), n=4)
+    thyroid = {"name": "thyroid", "modality": "breast_ultrasound", "classes": ["benign nodule", "malignant nodule"]}
+    args = [a for a in overrides(env, data=thyroid, protocol="corruption", methods=("t3",), expert_base=False,
+                                 extra=["protocol.corruptions=[speckle_noise]", "protocol.severities=[1]"])
+            if not a.startswith("data.root=")]
+    run(compose(args + [f"data.root={tmp_path / 'data'}"]), tmp_path / "run")
+    df = load_results(tmp_path / "run")
+    assert set(df["dataset"]) == {"thyroid"} and (df["n"] == 8).all() and (df["num_classes"] == 2).all()
+    assert set(df["corruption"].dropna()) == {"speckle_noise"} and (df["modality"] == "breast_ultrasound").all()

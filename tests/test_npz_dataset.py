@@ -142,49 +142,54 @@ def test_ph2_has_three_classes_like_the_registry(data_root):
     assert len(ds) == data_root.sizes["ph2"][0]
 
 
-# ----------------------------------------------------------------------------- Hugging Face folders
+# ----------------------------------------------------------------------------- image folders, saved HF datasets
 
 
-@pytest.fixture
-def imagefolder(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    root = tmp_path / "imgs"
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in ("benign", "malignant"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (7, 9), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+def write_image_folder(root: Path, splits=("train", "val", "test"), classes=("benign", "malignant"), n: int = 3,
+                       size=(28, 28), seed: int = 0) -> Path:
+    """root/<split>/<class>/<i>.png, grey, the class in the brightness."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(60 + 120 * c + rng.normal(0, 10, size), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i}.png")
     return root
 
 
-def test_hf_imagefolder(imagefolder, tmp_path):
-    from tcube.data.hf import load_hf_imagefolder
-
-    ds, names = load_hf_imagefolder(imagefolder, "test", cache_dir=tmp_path / "cache")
-    assert names == ("benign", "malignant") and len(ds) == 4
-    labels = []
-    for img, label in ds:
-        assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (9, 7)
-        labels.append(label)
-    assert sorted(labels) == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match="splits"):
-        load_hf_imagefolder(imagefolder, "val", cache_dir=tmp_path / "cache")
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def test_hf_save_to_disk_and_parquet(imagefolder, tmp_path):
+def test_image_folder_loads_like_an_npz_split(tmp_path, hf_cache):
+    from tcube.data import file_md5, find_npz
+
+    folder = write_image_folder(tmp_path / "data" / "thyroid", size=(9, 7))
+    assert find_npz("thyroid", root=tmp_path / "data") == folder  # no thyroid.npz: the folder of that name
+    images, labels = load_npz_split(folder, "val")
+    assert images.shape == (6, 9, 7) and images.dtype == np.uint8 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert images[labels == 1].mean() > images[labels == 0].mean() + 60  # labels follow the class folders
+    ds = NpzDataset(folder, "test", classes=[1])
+    assert len(ds) == 3 and ds[0][0].mode == "RGB" and ds.labels.tolist() == [0, 0, 0]
+    before = file_md5(folder)
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(folder / "test" / "benign" / "0.png")
+    assert file_md5(folder) != before  # cache keys see a changed image
+
+
+def test_saved_dataset_and_folder_errors(tmp_path, hf_cache):
     import datasets
 
-    from tcube.data.hf import load_hf_imagefolder
-
-    ref = datasets.load_dataset("imagefolder", data_dir=str(imagefolder), cache_dir=str(tmp_path / "c0"))
+    ref = datasets.load_dataset("imagefolder", data_dir=str(write_image_folder(tmp_path / "imgs", n=2)))
     ref.save_to_disk(str(tmp_path / "saved"))
-    ds, names = load_hf_imagefolder(tmp_path / "saved", "train")
-    assert names == ("benign", "malignant") and len(ds) == 4 and ds[0][0].mode == "RGB"
-    (tmp_path / "pq").mkdir()
-    ref["test"].to_parquet(str(tmp_path / "pq" / "test.parquet"))
-    ds, names = load_hf_imagefolder(tmp_path / "pq" / "test.parquet", cache_dir=tmp_path / "c1", split="train")
-    assert names == ("benign", "malignant") and len(ds) == 4
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_hf_imagefolder(tmp_path / "missing", "test")
+    images, labels = load_npz_split(tmp_path / "saved", "val")  # saved as "validation"
+    assert images.shape == (4, 28, 28) and sorted(labels.tolist()) == [0, 0, 1, 1]
+    write_image_folder(tmp_path / "no_val", splits=("train", "test"))
+    with pytest.raises(ValueError, match="none of them 'val'"):
+        load_npz_split(tmp_path / "no_val", "val")
+    mixed = write_image_folder(tmp_path / "mixed", n=1)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(mixed / "test" / "benign" / "9.png")
+    with pytest.raises(ValueError, match="several sizes"):
+        load_npz_split(mixed, "test")

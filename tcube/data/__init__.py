@@ -19,7 +19,7 @@ _EXPORTS = {
     "is_offline": "files",
     # datasets
     "NpzDataset": "npz", "load_npz_split": "npz", "select_view": "npz", "SPLITS": "npz",
-    "HFImageDataset": "hf", "load_hf_imagefolder": "hf",
+    "folder_split": "hf", "is_dataset_folder": "hf",
     # class splits
     "base_novel_classes": "splits", "MIN_CLASSES_FOR_CLASS_SPLIT": "splits",
     # corruptions

@@ -56,8 +56,16 @@ def npz_filename(name: str, size: int = 28) -> str:
 
 
 def file_md5(path: str | os.PathLike) -> str:
-    """MD5 hex digest of a file, cached per (path, mtime, size) for the life of the process."""
+    """MD5 hex digest of a file, cached per (path, mtime, size) for the life of the process.
+
+    For a folder (an image folder or saved dataset): the MD5 of its files' relative paths and MD5s.
+    """
     p = Path(path).resolve()
+    if p.is_dir():
+        h = hashlib.md5()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f"{f.relative_to(p).as_posix()}\0{file_md5(f)}\n".encode())
+        return h.hexdigest()
     st = p.stat()
     key = (str(p), st.st_mtime_ns, st.st_size)
     if key not in _MD5_CACHE:
@@ -117,8 +125,11 @@ def _missing_message(filename: str, dirs: list[Path], spec: DatasetSpec | None, 
         where = (f"Get it from the official MedMNIST release (Zenodo record {ZENODO_RECORD}, or "
                  "`medmnist` with download=True on a machine with internet) and put it in one of those folders")
     else:
+        stem = filename[:-len(".npz")] if filename.endswith(".npz") else filename
         where = (f"Custom datasets are never downloaded: place {filename} (keys "
-                 "{train,val,test}_{images,labels}) in the data folder")
+                 "{train,val,test}_{images,labels}) in the data folder, or a folder "
+                 f"{stem}/ with train/, val/ and test/ image folders (one subfolder per class) or a saved "
+                 "Hugging Face dataset")
     return (f"{filename} not found ({reason}). Searched: {searched}. {where}, "
             f"or set {DATA_DIR_ENV}=<folder containing {filename}>.")
 
@@ -126,6 +137,9 @@ def _missing_message(filename: str, dirs: list[Path], spec: DatasetSpec | None, 
 def find_npz(name: str, root: str | os.PathLike | None = None, size: int = 28,
              check_md5: bool | None = None) -> Path:
     """Path of the npz file for dataset ``name`` (flag, alias or custom stem), MD5-checked.
+
+    A dataset outside MedMNIST may instead be a folder ``<root>/<name>/`` (image folder with split folders, or a
+    Hugging Face dataset saved with ``save_to_disk``); its path is returned when no ``<name>.npz`` exists.
 
     ``check_md5=None`` follows ``$TCUBE_CHECK_MD5`` (checked unless it is 0/false), so the check can be
     turned off from any command line (tcube.eval, tcube.zoo, torchrun) for files changed on purpose.
@@ -147,6 +161,12 @@ def find_npz(name: str, root: str | os.PathLike | None = None, size: int = 28,
             if check_md5 and spec is not None:
                 _check_md5(candidate, spec, size)
             return candidate
+    if spec is None or spec.source != "medmnist":  # a config-described dataset may be a folder instead
+        from .hf import is_dataset_folder
+
+        for d in dirs:
+            if is_dataset_folder(d / stem):
+                return d / stem
 
     if spec is None or spec.source != "medmnist":
         if spec is not None:

@@ -59,13 +59,21 @@ def _check_labels(labels: np.ndarray, key: str, path: Path) -> np.ndarray:
 
 
 def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N,H,W) or (N,H,W,3), labels int64 (N,)) of one split, validated and in memory."""
+    """(images uint8 (N,H,W) or (N,H,W,3), labels int64 (N,)) of one split, validated and in memory.
+
+    ``path`` is an npz file, or a folder (image folder / saved Hugging Face dataset, read by tcube.data.hf).
+    """
     path = Path(path)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    ik, lk = f"{split}_images", f"{split}_labels"
+    if path.is_dir():  # an image folder or a saved Hugging Face dataset (tcube.data.hf)
+        from .hf import folder_split
+
+        images, labels, _ = folder_split(path, split)
+        return _checked(images, labels, ik, lk, path, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; use tcube.data.find_npz(name) to locate dataset files")
-    ik, lk = f"{split}_images", f"{split}_labels"
     # Copy the arrays out and close the zip at once: no open file handle per dataset/worker.
     with np.load(path, allow_pickle=False) as z:
         keys = sorted(z.files)
@@ -77,6 +85,11 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
             )
         images = np.array(z[ik])
         labels = np.array(z[lk])
+    return _checked(images, labels, ik, lk, path, split)
+
+
+def _checked(images: np.ndarray, labels: np.ndarray, ik: str, lk: str, path: Path,
+             split: str) -> tuple[np.ndarray, np.ndarray]:
     images = _check_images(images, ik, path)
     labels = _check_labels(labels, lk, path)
     if len(images) == 0:
