@@ -1,4 +1,4 @@
-"""Session fixtures: tiny real generalist/expert pairs of both supported families."""
+"""Session fixtures: tiny real generalist/expert pairs of both supported families; data roots (tests/synthetic.py)."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from common import TINY_CLIP_CFG, perturbed, tiny_biomedclip_cfg, write_tiny_bert  # noqa: E402
+from synthetic import data_root, one_data_root, synthetic_root  # noqa: E402,F401  (fixtures: synthetic data, + real when present)
 
 
 @pytest.fixture(scope="module")

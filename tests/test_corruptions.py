@@ -14,7 +14,6 @@ from tcube.data.corruptions import (
     MEDMNISTC_PARAMS,
     _motion_kernel,
     corrupt,
-    corrupt_batch,
     corruptions_for,
     medmnistc_reference,
     severity_param,
@@ -211,13 +210,6 @@ def test_spatial_scale_is_applied():
     native = corrupt(img, "defocus_blur", 5, seed=0, index=0)  # radius 8 px at 224 -> 1 px here
     at_224 = corrupt(img, "defocus_blur", 5, seed=0, index=0, scale=1.0)  # radius 8 px at 28 px
     assert distance(at_224, img) > 2 * distance(native, img) > 0
-
-
-def test_corrupt_batch_equals_single_calls():
-    imgs = np.stack([scene(28, True), 255 - scene(28, True)])
-    out = corrupt_batch(imgs, "gaussian_noise", 2, seed=1, start_index=10)
-    for i in range(2):
-        assert np.array_equal(out[i], corrupt(imgs[i], "gaussian_noise", 2, seed=1, index=10 + i))
 
 
 def test_global_rng_untouched():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import medmnist
 import pytest
 
@@ -147,7 +149,7 @@ def test_spec_from_config_errors(kwargs, match):
 
 def test_specs_are_frozen():
     spec = get_dataset_spec("ph2")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
     with pytest.raises(ValueError, match="template"):
         Modality("m", "m", ())

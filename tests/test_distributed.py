@@ -13,7 +13,6 @@ from eval_support import make_env
 from tcube.harness.distributed import Dist, init_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TCUBE_DATA_DIR", ROOT.parent / "shared" / "data" / "medmnist"))
 WALL_CLOCK = ("seconds", "endpoint_seconds", "time")
 
 
@@ -32,9 +31,9 @@ def test_single_process_without_torchrun(monkeypatch):
     assert dist.gather(3) == [3] and dist.from_main(lambda: 5) == 5 and dist.all_true(True)
 
 
-def _overrides(env, run_dir: Path, cache: Path) -> list[str]:
+def _overrides(env, data: Path, run_dir: Path, cache: Path) -> list[str]:
     return ["model=local", f"model.generalist=local-dir:{env['generalist']}",
-            f"model.expert=local-dir:{env['expert']}", "data=retina", f"data.root={DATA}",
+            f"model.expert=local-dir:{env['expert']}", "data=retina", f"data.root={data}",
             "protocol=corruption", "protocol.corruptions=[gaussian_noise]", "protocol.severities=[2]",
             "method=all", "method.methods=[t3,t3_batch,t3_cal]", "limit=18", "batch_size=4",
             f"cache_dir={cache}", "progress=false", "device=cpu", "plots=false", f"hydra.run.dir={run_dir}"]
@@ -46,19 +45,19 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "retinamnist.npz").is_file(), reason="needs the real MedMNIST files (TCUBE_DATA_DIR)")
-def test_torchrun_two_ranks_match_one_process(tmp_path, clip_pair):
+def test_torchrun_two_ranks_match_one_process(tmp_path, clip_pair, one_data_root):
+    root = one_data_root
     env = make_env(tmp_path / "env", clip_pair)
     # one thread per process in both runs: GEMM results can depend on the thread count
     child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-                 "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+                 "OMP_NUM_THREADS": "1", **root.env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     single, multi = tmp_path / "single", tmp_path / "multi"
-    one = subprocess.run([sys.executable, "-m", "tcube.eval", *_overrides(env, single, tmp_path / "c1")],
+    one = subprocess.run([sys.executable, "-m", "tcube.eval", *_overrides(env, root.path, single, tmp_path / "c1")],
                          cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "tcube.eval"]
-    two = subprocess.run(torchrun + _overrides(env, multi, tmp_path / "c2"), cwd=tmp_path, env=child_env,
+    two = subprocess.run(torchrun + _overrides(env, root.path, multi, tmp_path / "c2"), cwd=tmp_path, env=child_env,
                          capture_output=True, text=True, timeout=300, check=False)
     assert two.returncode == 0, two.stderr[-3000:]
 
@@ -72,7 +71,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, clip_pair):
     assert sorted(p.name for p in (tmp_path / "c2").rglob("*") if p.is_file()) == \
         sorted(p.name for p in (tmp_path / "c1").rglob("*") if p.is_file())
 
-    again = subprocess.run(torchrun + _overrides(env, multi, tmp_path / "c2"), cwd=tmp_path, env=child_env,
+    again = subprocess.run(torchrun + _overrides(env, root.path, multi, tmp_path / "c2"), cwd=tmp_path, env=child_env,
                            capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _rows(multi) == b  # resumed: every rank skipped the finished cells, nothing appended

@@ -218,17 +218,27 @@ def test_wandb_logger_runs_offline_and_finishes(env, tmp_path, monkeypatch):
     assert sum(name == "log" for name, _ in calls) >= 3  # one per cell, then the results table
 
 
-REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
-
-
-@pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
-                    reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})")
-def test_in_domain_on_real_retinamnist_with_tiny_random_models(env, tmp_path):
-    """Plumbing on the real file (MD5-checked, RGB, 5 classes); the random models' accuracy means nothing."""
-    args = [a for a in overrides(env, methods=("t3",), extra=["limit=16", f"data.root={REAL_DATA}"])
-            if not a.startswith(("data.", "data="))]
-    summary = run(compose(args + ["data=retina", f"data.root={REAL_DATA}"]), tmp_path)
+def test_in_domain_on_retinamnist_with_tiny_random_models(env, data_root, tmp_path):
+    """Plumbing on retinamnist.npz (MD5-checked when real, RGB, 5 classes); the random models' accuracy means nothing."""
+    args = [a for a in overrides(env, methods=("t3",), extra=["limit=16"]) if not a.startswith(("data.", "data="))]
+    summary = run(compose(args + ["data=retina", f"data.root={data_root.path}"]), tmp_path)
     df = load_results(tmp_path)
     assert list(df["method"]) == ["generalist", "expert", "t3"]
     assert (df["n"] == 16).all() and (df["num_classes"] == 5).all() and (df["dataset"] == "retinamnist").all()
     assert summary["protocols"]["in_domain"]["top1"]["t3"] is not None
+
+
+def test_image_folder_dataset_runs_from_the_harness(env, tmp_path, monkeypatch):
+    """DESIGN §4: a data config may name an image folder (read through `datasets`) instead of an npz file."""
+    from test_npz_dataset import write_image_folder
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    write_image_folder(tmp_path / "data" / "thyroid", classes=("benign nodule", "malignant nodule"), n=4)
+    thyroid = {"name": "thyroid", "modality": "breast_ultrasound", "classes": ["benign nodule", "malignant nodule"]}
+    args = [a for a in overrides(env, data=thyroid, protocol="corruption", methods=("t3",), expert_base=False,
+                                 extra=["protocol.corruptions=[speckle_noise]", "protocol.severities=[1]"])
+            if not a.startswith("data.root=")]
+    run(compose(args + [f"data.root={tmp_path / 'data'}"]), tmp_path / "run")
+    df = load_results(tmp_path / "run")
+    assert set(df["dataset"]) == {"thyroid"} and (df["n"] == 8).all() and (df["num_classes"] == 2).all()
+    assert set(df["corruption"].dropna()) == {"speckle_noise"} and (df["modality"] == "breast_ultrasound").all()

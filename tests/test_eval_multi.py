@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,19 +9,16 @@ from eval_support import compose, make_env
 
 from tcube.harness.evaluate import build_plan, run, to_settings
 
-REAL_DATA = Path(os.environ.get("TCUBE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/medmnist")
-pytestmark = [pytest.mark.skipif(not (REAL_DATA / "retinamnist.npz").is_file(),
-                                  reason=f"real MedMNIST files absent (set TCUBE_DATA_DIR; looked in {REAL_DATA})"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 FOUND = ("retinamnist", "breastmnist")
 
 
 @pytest.fixture(scope="module")
-def partial_root(tmp_path_factory) -> Path:
-    """A data root with two of the four default modalities (links to the real, MD5-checked files)."""
+def partial_root(tmp_path_factory, data_root) -> Path:
+    """A data root with two of the four default modalities (links to data_root's files)."""
     root = tmp_path_factory.mktemp("partial")
     for name in FOUND:
-        (root / f"{name}.npz").symlink_to(REAL_DATA / f"{name}.npz")
+        (root / f"{name}.npz").symlink_to(data_root.file(name))
     return root
 
 
@@ -48,7 +44,7 @@ def test_data_all_with_no_file_names_the_fix(tmp_path):
 
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory, clip_pair, partial_root):
-    """in_domain + base_to_novel + corruption for two experts, on real images with tiny models."""
+    """in_domain + base_to_novel + corruption for two experts, on data_root's images with tiny models."""
     from tcube.models import save_local_dir
 
     root = tmp_path_factory.mktemp("multi")

@@ -19,16 +19,13 @@ from eval_support import make_env
 from tcube.reporting.analysis import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TCUBE_DATA_DIR", ROOT.parent / "shared" / "data" / "medmnist"))
 PROTOCOLS, DATASETS, GAMMAS = ("in_domain", "corruption"), {"retina": "retinamnist", "ph2": "ph2"}, (0.25, 1.0)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not all((DATA / f"{d}.npz").is_file() for d in DATASETS.values()),
-                                 reason="needs the real MedMNIST files (TCUBE_DATA_DIR)")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, clip_pair):
+def sweep(tmp_path_factory, clip_pair, one_data_root):
     tmp = tmp_path_factory.mktemp("sweep")
     env = make_env(tmp / "env", clip_pair)
     sweep_dir = tmp / "multirun"
@@ -38,7 +35,7 @@ def sweep(tmp_path_factory, clip_pair):
             "data=" + ",".join(DATASETS), "method=t3", "method.gamma=" + ",".join(map(str, GAMMAS)),
             "limit=8", "batch_size=8", f"cache_dir={tmp / 'cache'}", "progress=false", "plots=false", "device=cpu"]
     child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-                 "OMP_NUM_THREADS": "1", "TCUBE_DATA_DIR": str(DATA),
+                 "OMP_NUM_THREADS": "1", "TCUBE_DATA_DIR": str(one_data_root.path), **one_data_root.env,
                  "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "tcube.eval", *args], cwd=tmp, env=child_env, capture_output=True,
                           text=True, timeout=600, check=False)
@@ -76,15 +73,12 @@ def test_each_job_writes_its_own_results(sweep):
 
 
 # -- merged report of a sweep ---------------------------------------------------------------------------
-# `python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` (tcube.reporting.report.main) comes from another branch
-# (issue 6). This test runs as soon as it lands; until then it is skipped.
 def test_report_cli_merges_the_sweep(sweep, tmp_path):
-    import tcube.report
+    """`python -m tcube.report RUN_DIR [RUN_DIR ...] [--out DIR]` merges the sweep's jobs."""
+    from tcube.report import main
 
-    if not hasattr(tcube.report, "main"):
-        pytest.skip("tcube.reporting.report.main (python -m tcube.report) is not on this branch yet")
     out = tmp_path / "merged"
-    assert tcube.reporting.report.main([str(sweep), "--out", str(out)]) == 0
+    assert main([str(sweep), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     for protocol, data, gamma in _jobs(sweep):
         for setting in (protocol, DATASETS[data], f"{gamma:g}"):

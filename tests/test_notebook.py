@@ -9,16 +9,13 @@ from eval_support import compose, make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "analysis.ipynb"
-DATA = Path(os.environ.get("TCUBE_DATA_DIR", ROOT.parent / "shared" / "data" / "medmnist"))
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "retinamnist.npz").is_file(),
-                                 reason="needs the real MedMNIST files (TCUBE_DATA_DIR)")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, clip_pair):
-    """Tiny models on the real retina file: in_domain, base_to_novel (modality), corruption (2 × 2 severities)."""
+def small_run(tmp_path_factory, clip_pair, one_data_root):
+    """Tiny models on one_data_root's retina file: in_domain, base_to_novel (modality), corruption (2 × 2 severities)."""
     import torch
 
     from tcube.harness.evaluate import run
@@ -26,7 +23,7 @@ def small_run(tmp_path_factory, clip_pair):
     tmp = tmp_path_factory.mktemp("nb")
     env = make_env(tmp / "env", clip_pair)
     overrides = ["model=local", f"model.generalist=local-dir:{env['generalist']}",
-                 f"model.expert=local-dir:{env['expert']}", "data=retina", f"data.root={DATA}", "protocol=all",
+                 f"model.expert=local-dir:{env['expert']}", "data=retina", f"data.root={one_data_root.path}", "protocol=all",
                  "protocol.split=modality", "protocol.datasets=[retinamnist,ph2]",
                  "protocol.corruptions=[gaussian_noise,pixelate]", "protocol.severities=[1,3]",
                  "method=all", "method.methods=[t3,wise_ft]", "limit=8", "batch_size=8",
@@ -41,8 +38,8 @@ def small_run(tmp_path_factory, clip_pair):
 
 
 def test_analysis_notebook_executes(small_run, tmp_path, monkeypatch):
-    papermill = pytest.importorskip("papermill")
     import nbformat
+    import papermill  # a test dependency (pyproject [test]): missing means a broken setup, not a skip
 
     # the kernel is a fresh process: it must import this checkout's tcube, headless and offline
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -8,28 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import REAL
 
 from tcube.data.npz import NpzDataset, load_npz_split
-
-_ENV_DATA_DIR = os.environ.get("TCUBE_DATA_DIR")
-
-# Split sizes and class counts from ../shared/data/medmnist/PROVENANCE.md
-REAL = {
-    "retinamnist": dict(sizes=(1080, 120, 400), shape=(28, 28, 3), classes=5),
-    "pneumoniamnist": dict(sizes=(4708, 524, 624), shape=(28, 28), classes=2),
-    "breastmnist": dict(sizes=(546, 78, 156), shape=(28, 28), classes=2),
-    "ph2": dict(sizes=(140, 20, 40), shape=(28, 28, 3), classes=3),
-}
-
-
-def real_file(name: str) -> Path:
-    """The real file from $TCUBE_DATA_DIR, else the checkout's sibling shared/data/medmnist; else skip."""
-    candidates = ([Path(_ENV_DATA_DIR)] if _ENV_DATA_DIR else []) + [
-        Path(__file__).resolve().parents[2] / "shared/data/medmnist"]
-    for c in candidates:
-        if (c / f"{name}.npz").is_file():
-            return c / f"{name}.npz"
-    pytest.skip(f"{name}.npz not found in {[str(c) for c in candidates]}; set TCUBE_DATA_DIR to its folder")
 
 
 def make_npz(path: Path, *, shape=(5, 13, 17), label_shape="column", n_classes=3, seed=0, **overrides) -> Path:
@@ -70,19 +51,21 @@ def test_rgb_flat_labels_and_transform(tmp_path):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 1, 2, 0]
 
 
-def test_indices_and_label_map_for_class_subsets(tmp_path):
+def test_class_subsets_and_limit_match_the_harness_view(tmp_path):
+    from tcube.data.npz import select_view
+
     path = make_npz(tmp_path / "s.npz", shape=(9, 8, 8), label_shape="flat", n_classes=3)
     full = NpzDataset(path, "train")
-    keep = np.flatnonzero(np.isin(full.labels, [1, 2]))
-    sub = NpzDataset(path, "train", indices=keep, label_map={1: 0, 2: 1})
-    assert len(sub) == 6 and sub.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    keep = np.flatnonzero(np.isin(full.labels, [2, 1]))
+    sub = NpzDataset(path, "train", classes=[2, 1])  # class 2 -> 0, class 1 -> 1
+    assert len(sub) == 6 and sub.labels.tolist() == [1, 0, 1, 0, 1, 0]
     assert np.array_equal(np.asarray(sub[0][0]), np.asarray(full[int(keep[0])][0]))
-    with pytest.raises(ValueError, match=r"labels \[0\] are not in label_map"):
-        NpzDataset(path, "train", label_map={1: 0, 2: 1})
-    with pytest.raises(IndexError, match="out of range"):
-        NpzDataset(path, "train", indices=[0, 9])
+    few = NpzDataset(path, "train", classes=[1, 2], limit=4, seed=3)
+    idx, labels = select_view(full.labels, [1, 2], 4, 3)
+    assert few.labels.tolist() == labels.tolist() and np.array_equal(few.images, full.images[idx])
+    assert len(NpzDataset(path, "train", limit=100)) == 9
     with pytest.raises(ValueError, match="no samples"):
-        NpzDataset(path, "train", indices=[])
+        NpzDataset(path, "train", classes=[7])
 
 
 def test_arrays_are_loaded_once_and_file_closed(tmp_path):
@@ -133,73 +116,80 @@ def test_from_name_uses_find_npz(tmp_path):
     assert len(ds) == 3 and ds.split == "val"
 
 
-# ----------------------------------------------------------------------------- real files
+# ----------------------------------------------------------------------------- the four datasets (data_root)
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_files_split_sizes(name):
-    path = real_file(name)
-    expected = REAL[name]
-    for split, n in zip(("train", "val", "test"), expected["sizes"]):
+def test_files_split_sizes(data_root, name):
+    """Sizes, shapes and classes as the root declares them (real: PROVENANCE.md; synthetic: tests/synthetic.py)."""
+    path = data_root.file(name)
+    for split, n in zip(("train", "val", "test"), data_root.sizes[name]):
         ds = NpzDataset(path, split)
         assert len(ds) == n
-        assert ds.images.shape[1:] == expected["shape"]
-        assert set(np.unique(ds.labels).tolist()) == set(range(expected["classes"]))
+        assert ds.images.shape[1:] == data_root.shapes[name]
+        assert set(np.unique(ds.labels).tolist()) == set(range(data_root.classes[name]))
         img, label = ds[0]
-        assert img.mode == "RGB" and img.size == (28, 28) and 0 <= label < expected["classes"]
+        assert img.mode == "RGB" and img.size == (28, 28) and 0 <= label < data_root.classes[name]
 
 
-def test_real_ph2_has_three_classes_like_the_registry():
+def test_ph2_has_three_classes_like_the_registry(data_root):
     from tcube.data.registry import get_dataset_spec
 
-    ds = NpzDataset(real_file("ph2"), "train")
+    ds = NpzDataset(data_root.file("ph2"), "train")
     assert get_dataset_spec("ph2").num_classes == 3 == len(np.unique(ds.labels))
-    assert np.bincount(ds.labels).tolist() == [56, 56, 28]  # PROVENANCE.md
+    if data_root.kind == "real":
+        assert np.bincount(ds.labels).tolist() == [56, 56, 28]  # PROVENANCE.md
+    assert len(ds) == data_root.sizes["ph2"][0]
 
 
-# ----------------------------------------------------------------------------- Hugging Face folders
+# ----------------------------------------------------------------------------- image folders, saved HF datasets
 
 
-@pytest.fixture
-def imagefolder(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    root = tmp_path / "imgs"
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in ("benign", "malignant"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (7, 9), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+def write_image_folder(root: Path, splits=("train", "val", "test"), classes=("benign", "malignant"), n: int = 3,
+                       size=(28, 28), seed: int = 0) -> Path:
+    """root/<split>/<class>/<i>.png, grey, the class in the brightness."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(60 + 120 * c + rng.normal(0, 10, size), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i}.png")
     return root
 
 
-def test_hf_imagefolder(imagefolder, tmp_path):
-    from tcube.data.hf import load_hf_imagefolder
-
-    ds, names = load_hf_imagefolder(imagefolder, "test", cache_dir=tmp_path / "cache")
-    assert names == ("benign", "malignant") and len(ds) == 4
-    labels = []
-    for img, label in ds:
-        assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (9, 7)
-        labels.append(label)
-    assert sorted(labels) == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match="splits"):
-        load_hf_imagefolder(imagefolder, "val", cache_dir=tmp_path / "cache")
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def test_hf_save_to_disk_and_parquet(imagefolder, tmp_path):
+def test_image_folder_loads_like_an_npz_split(tmp_path, hf_cache):
+    from tcube.data import file_md5, find_npz
+
+    folder = write_image_folder(tmp_path / "data" / "thyroid", size=(9, 7))
+    assert find_npz("thyroid", root=tmp_path / "data") == folder  # no thyroid.npz: the folder of that name
+    images, labels = load_npz_split(folder, "val")
+    assert images.shape == (6, 9, 7) and images.dtype == np.uint8 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert images[labels == 1].mean() > images[labels == 0].mean() + 60  # labels follow the class folders
+    ds = NpzDataset(folder, "test", classes=[1])
+    assert len(ds) == 3 and ds[0][0].mode == "RGB" and ds.labels.tolist() == [0, 0, 0]
+    before = file_md5(folder)
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(folder / "test" / "benign" / "0.png")
+    assert file_md5(folder) != before  # cache keys see a changed image
+
+
+def test_saved_dataset_and_folder_errors(tmp_path, hf_cache):
     import datasets
 
-    from tcube.data.hf import load_hf_imagefolder
-
-    ref = datasets.load_dataset("imagefolder", data_dir=str(imagefolder), cache_dir=str(tmp_path / "c0"))
+    ref = datasets.load_dataset("imagefolder", data_dir=str(write_image_folder(tmp_path / "imgs", n=2)))
     ref.save_to_disk(str(tmp_path / "saved"))
-    ds, names = load_hf_imagefolder(tmp_path / "saved", "train")
-    assert names == ("benign", "malignant") and len(ds) == 4 and ds[0][0].mode == "RGB"
-    (tmp_path / "pq").mkdir()
-    ref["test"].to_parquet(str(tmp_path / "pq" / "test.parquet"))
-    ds, names = load_hf_imagefolder(tmp_path / "pq" / "test.parquet", cache_dir=tmp_path / "c1", split="train")
-    assert names == ("benign", "malignant") and len(ds) == 4
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_hf_imagefolder(tmp_path / "missing", "test")
+    images, labels = load_npz_split(tmp_path / "saved", "val")  # saved as "validation"
+    assert images.shape == (4, 28, 28) and sorted(labels.tolist()) == [0, 0, 1, 1]
+    write_image_folder(tmp_path / "no_val", splits=("train", "test"))
+    with pytest.raises(ValueError, match="none of them 'val'"):
+        load_npz_split(tmp_path / "no_val", "val")
+    mixed = write_image_folder(tmp_path / "mixed", n=1)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(mixed / "test" / "benign" / "9.png")
+    with pytest.raises(ValueError, match="several sizes"):
+        load_npz_split(mixed, "test")

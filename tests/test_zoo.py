@@ -1,4 +1,4 @@
-"""tcube.zoo: naming, storage and the real-data smoke zoo (tiny step counts, real MedMNIST files)."""
+"""tcube.zoo: naming, storage and the smoke zoo (tiny step counts) trained on data_root (synthetic; real too when present)."""
 from __future__ import annotations
 
 import json
@@ -12,18 +12,7 @@ import torch
 from tcube.zoo import build, model_names, read_manifest, resolve_spec, store, zoo_dir
 from tcube.zoo.recipe import Augment, get_recipe
 
-
-def _data_dir() -> Path:
-    env = os.environ.get("TCUBE_DATA_DIR", "").strip()
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/medmnist"
-
-
-DATA = _data_dir()
 ZOO_FILES = ("retinamnist", "pneumoniamnist", "breastmnist", "ph2")
-needs_data = pytest.mark.skipif(
-    not all((DATA / f"{d}.npz").is_file() for d in ZOO_FILES),
-    reason=f"real MedMNIST files not found in {DATA}: set TCUBE_DATA_DIR to the folder with "
-           f"{', '.join(d + '.npz' for d in ZOO_FILES)} (../shared/data/medmnist)")
 
 
 # ---------------------------------------------------------------------------------- no data needed
@@ -99,17 +88,18 @@ def test_publish_is_atomic(monkeypatch, tmp_path):
     assert read_manifest(final)["weights_sha256"] and sorted(p.name for p in tmp_path.iterdir()) == ["generalist"]
 
 
-# --------------------------------------------------------------------------------- real smoke zoo
+# --------------------------------------------------------------------------------- smoke zoo
 
 @pytest.fixture(scope="module")
-def smoke_zoo(tmp_path_factory):
-    """The smoke generalist + BreastMNIST expert, trained from the real files into a tmp TCUBE_HOME.
+def smoke_zoo(tmp_path_factory, data_root):
+    """The smoke generalist + BreastMNIST expert, trained from data_root's files into a tmp TCUBE_HOME (one per root).
 
     Under pytest-xdist the workers share one home: the zoo's own lock makes the second worker wait
     and reuse the models instead of training them again (so `calls` is empty there).
     """
+    DATA = data_root.path
     root = tmp_path_factory.getbasetemp()
-    home = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "zoo_home"
+    home = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / f"zoo_home_{data_root.kind}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TCUBE_HOME", str(home))
         calls = []
@@ -117,7 +107,7 @@ def smoke_zoo(tmp_path_factory):
         mp.setattr(build, "train_model", lambda key, *a, **k: calls.append(key.name) or train_model(key, *a, **k))
         exp_spec = resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA)
         gen_spec = resolve_spec("zoo:generalist", profile="smoke", seed=0, data_root=DATA)
-        yield SimpleNamespace(home=home, gen_spec=gen_spec, exp_spec=exp_spec, calls=calls)
+        yield SimpleNamespace(home=home, gen_spec=gen_spec, exp_spec=exp_spec, calls=calls, data=DATA)
 
 
 def _folder(spec: str) -> Path:
@@ -125,8 +115,7 @@ def _folder(spec: str) -> Path:
     return Path(spec[len("local-dir:"):])
 
 
-@needs_data
-def test_smoke_pair_loads_and_merges_real_images(smoke_zoo):
+def test_smoke_pair_loads_and_merges_images(smoke_zoo):
     from tcube import load_pair, merge_and_predict
     from tcube.data import NpzDataset, find_npz, get_dataset_spec, prompts_for
 
@@ -134,7 +123,7 @@ def test_smoke_pair_loads_and_merges_real_images(smoke_zoo):
     assert _folder(smoke_zoo.exp_spec) == zoo_dir("smoke", 0) / "expert-breastmnist"
     assert _folder(smoke_zoo.exp_spec).is_absolute()
     pair = load_pair(smoke_zoo.gen_spec, smoke_zoo.exp_spec)
-    data = NpzDataset(find_npz("breastmnist", root=DATA), "test", transform=pair.preprocess)
+    data = NpzDataset(find_npz("breastmnist", root=smoke_zoo.data), "test", transform=pair.preprocess)
     images = torch.stack([data[i][0] for i in range(6)])
     assert images.shape == (6, 3, 32, 32)
     descriptions, templates = prompts_for(get_dataset_spec("breastmnist"))
@@ -145,7 +134,6 @@ def test_smoke_pair_loads_and_merges_real_images(smoke_zoo):
     assert not torch.equal(*(p.state_dict()["visual.proj"] for p in (pair.generalist, pair.expert)))
 
 
-@needs_data
 def test_manifest_records_data_recipe_and_lineage(smoke_zoo):
     from tcube.data import file_md5
     from tcube.zoo.train import training_device
@@ -167,22 +155,20 @@ def test_manifest_records_data_recipe_and_lineage(smoke_zoo):
     assert config["tcube"]["zoo_model"] == "expert-breastmnist"
 
 
-@needs_data
 def test_second_resolve_reuses_the_folder(smoke_zoo):
     folder = _folder(smoke_zoo.exp_spec)
     stamp = (folder / "manifest.json").stat().st_mtime_ns
     n_calls = len(smoke_zoo.calls)
-    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA) == smoke_zoo.exp_spec
-    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=DATA) == smoke_zoo.exp_spec
+    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=smoke_zoo.data) == smoke_zoo.exp_spec
+    assert resolve_spec("zoo:expert-breastmnist", profile="smoke", seed=0, data_root=smoke_zoo.data) == smoke_zoo.exp_spec
     assert len(smoke_zoo.calls) == n_calls and (folder / "manifest.json").stat().st_mtime_ns == stamp
 
     from tcube.zoo.__main__ import main
 
-    assert main(["--profile", "smoke", "--data-root", str(DATA), "--only", "expert-breast", "--no-progress"]) == 0
+    assert main(["--profile", "smoke", "--data-root", str(smoke_zoo.data), "--only", "expert-breast", "--no-progress"]) == 0
     assert len(smoke_zoo.calls) == n_calls                                  # the CLI found it too
 
 
-@needs_data
 def test_training_is_deterministic(smoke_zoo):
     from tcube.models import load_state_dict_file
     from tcube.zoo.build import train_model
@@ -196,9 +182,9 @@ def test_training_is_deterministic(smoke_zoo):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        again, _, _ = train_model(ModelKey("generalist"), recipe, 0, DATA, progress=False)
-        other, _, _ = train_model(ModelKey("generalist"), recipe, 1, DATA, progress=False)
-        expert, _, _ = train_model(ModelKey("expert", "breastmnist"), recipe, 0, DATA, generalist=again,
+        again, _, _ = train_model(ModelKey("generalist"), recipe, 0, smoke_zoo.data, progress=False)
+        other, _, _ = train_model(ModelKey("generalist"), recipe, 1, smoke_zoo.data, progress=False)
+        expert, _, _ = train_model(ModelKey("expert", "breastmnist"), recipe, 0, smoke_zoo.data, generalist=again,
                                    progress=False)
     finally:
         torch.set_num_threads(before)
@@ -209,7 +195,6 @@ def test_training_is_deterministic(smoke_zoo):
     assert not torch.equal(other.state_dict()["visual.proj"], stored["generalist"]["visual.proj"])
 
 
-@needs_data
 def test_eval_runs_end_to_end_on_the_smoke_zoo(smoke_zoo, tmp_path):
     """`model=zoo` resolves `zoo:expert-{dataset}` to the smoke zoo's BreastMNIST expert (no retraining)."""
     from eval_support import compose
@@ -217,7 +202,7 @@ def test_eval_runs_end_to_end_on_the_smoke_zoo(smoke_zoo, tmp_path):
     from tcube.harness.evaluate import run
 
     n_calls = len(smoke_zoo.calls)
-    summary = run(compose(["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={DATA}",
+    summary = run(compose(["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={smoke_zoo.data}",
                            "protocol=in_domain", "method=all", "method.methods=[t3,t3_batch]", "limit=16",
                            f"cache_dir={tmp_path / 'cache'}", "progress=false", "plots=false", "device=cpu"]),
                   tmp_path / "run")

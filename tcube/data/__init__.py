@@ -18,14 +18,14 @@ _EXPORTS = {
     "resolve_data_root": "files", "find_npz": "files", "npz_filename": "files", "file_md5": "files",
     "is_offline": "files",
     # datasets
-    "NpzDataset": "npz", "load_npz_split": "npz", "SPLITS": "npz",
-    "HFImageDataset": "hf", "load_hf_imagefolder": "hf",
+    "NpzDataset": "npz", "load_npz_split": "npz", "select_view": "npz", "SPLITS": "npz",
+    "folder_split": "hf", "is_dataset_folder": "hf",
     # class splits
     "base_novel_classes": "splits", "MIN_CLASSES_FOR_CLASS_SPLIT": "splits",
     # corruptions
     "Corruption": "corruptions", "CORRUPTIONS": "corruptions", "FAMILIES": "corruptions",
     "MEDMNISTC_PARAMS": "corruptions", "corruptions_for": "corruptions", "medmnistc_reference": "corruptions",
-    "severity_param": "corruptions", "corrupt": "corruptions", "corrupt_batch": "corruptions",
+    "severity_param": "corruptions", "corrupt": "corruptions",
 }
 
 __all__ = sorted(_EXPORTS)

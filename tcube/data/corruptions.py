@@ -52,7 +52,6 @@ __all__ = [
     "medmnistc_reference",
     "severity_param",
     "corrupt",
-    "corrupt_batch",
 ]
 
 DESIGN_SIZE = 224
@@ -679,10 +678,3 @@ def corrupt(image: np.ndarray, name: str, severity: int, *, seed: int, index: in
         out = out @ _LUMA  # back to 'L' as MedMNIST-C does for gray datasets
     return np.rint(out * 255.0).astype(np.uint8)
 
-
-def corrupt_batch(images: np.ndarray, name: str, severity: int, *, seed: int, start_index: int = 0,
-                  dataset: Any = None, scale: float | None = None) -> np.ndarray:
-    """Corrupt a stack (N, H, W[, 3]); image i uses ``index = start_index + i``."""
-    images = np.asarray(images)
-    return np.stack([corrupt(im, name, severity, seed=seed, index=start_index + i, dataset=dataset, scale=scale)
-                     for i, im in enumerate(images)]) if len(images) else images.copy()

@@ -1,21 +1,24 @@
 """``NpzDataset``: a MedMNIST-layout npz split as a torch Dataset of (PIL RGB image, int label).
 
 Unlike ``medmnist``'s classes it accepts any image size and any number of samples (small test
-fixtures, custom datasets such as PH2), supports sample subsets and label remapping (class
-subsets for base-to-novel), and loads the arrays once so no zip file stays open.
+fixtures, custom datasets such as PH2), serves class subsets relabelled to 0..k-1 (base-to-novel)
+and seeded subsets of at most ``limit`` images, and loads the arrays once so no zip file stays open.
+
+:func:`select_view` is the one place where a view (class subset, seeded limit, relabelling) is chosen:
+the harness (``CellRunner.load_view``), the zoo (``tcube.zoo.data.load_split``) and ``NpzDataset`` use it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["NpzDataset", "load_npz_split", "SPLITS"]
+__all__ = ["NpzDataset", "load_npz_split", "select_view", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -56,13 +59,21 @@ def _check_labels(labels: np.ndarray, key: str, path: Path) -> np.ndarray:
 
 
 def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N,H,W) or (N,H,W,3), labels int64 (N,)) of one split, validated and in memory."""
+    """(images uint8 (N,H,W) or (N,H,W,3), labels int64 (N,)) of one split, validated and in memory.
+
+    ``path`` is an npz file, or a folder (image folder / saved Hugging Face dataset, read by tcube.data.hf).
+    """
     path = Path(path)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    ik, lk = f"{split}_images", f"{split}_labels"
+    if path.is_dir():  # an image folder or a saved Hugging Face dataset (tcube.data.hf)
+        from .hf import folder_split
+
+        images, labels, _ = folder_split(path, split)
+        return _checked(images, labels, ik, lk, path, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; use tcube.data.find_npz(name) to locate dataset files")
-    ik, lk = f"{split}_images", f"{split}_labels"
     # Copy the arrays out and close the zip at once: no open file handle per dataset/worker.
     with np.load(path, allow_pickle=False) as z:
         keys = sorted(z.files)
@@ -74,6 +85,11 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
             )
         images = np.array(z[ik])
         labels = np.array(z[lk])
+    return _checked(images, labels, ik, lk, path, split)
+
+
+def _checked(images: np.ndarray, labels: np.ndarray, ik: str, lk: str, path: Path,
+             split: str) -> tuple[np.ndarray, np.ndarray]:
     images = _check_images(images, ik, path)
     labels = _check_labels(labels, lk, path)
     if len(images) == 0:
@@ -83,6 +99,21 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
     return images, labels
 
 
+def select_view(labels: np.ndarray, classes: Sequence[int] | None = None, limit: int | None = None,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, labels) of one view of a split: the samples whose label is in ``classes`` (None = all), at
+    most ``limit`` of them chosen with ``seed``, indices sorted; labels relabelled to positions in ``classes``
+    (class ``classes[i]`` becomes ``i``), or unchanged when ``classes`` is None."""
+    labels = np.asarray(labels).reshape(-1)
+    idx = np.arange(len(labels)) if classes is None else np.flatnonzero(np.isin(labels, list(classes)))
+    if limit is not None and len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(limit), replace=False))
+    if classes is None:
+        return idx, labels[idx].astype(np.int64)
+    position = {int(c): i for i, c in enumerate(classes)}
+    return idx, np.array([position[int(v)] for v in labels[idx]], dtype=np.int64)
+
+
 class NpzDataset(Dataset):
     """One split of a MedMNIST-layout npz file, yielding ``(PIL RGB image, int)``.
 
@@ -90,9 +121,10 @@ class NpzDataset(Dataset):
         path: the npz file (see :func:`tcube.data.find_npz`).
         split: "train", "val" or "test".
         transform: applied to the PIL image (e.g. a CLIP preprocess); None returns the PIL image.
-        indices: optional subset of sample indices (in the split's order) to keep.
-        label_map: optional mapping old label -> new label (e.g. class subsets for base-to-novel);
-            every kept sample's label must be in it.
+        classes: optional class subset (original labels); kept samples are relabelled to their class's
+            position in it (base-to-novel label spaces).
+        limit: optional cap on the number of samples, a subset chosen with ``seed`` (as the harness's
+            ``limit`` does: the same images for the same seed).
     """
 
     def __init__(
@@ -100,33 +132,23 @@ class NpzDataset(Dataset):
         path: str | os.PathLike,
         split: str = "test",
         transform: Callable | None = None,
-        indices: Sequence[int] | np.ndarray | None = None,
-        label_map: Mapping[int, int] | None = None,
+        classes: Sequence[int] | None = None,
+        limit: int | None = None,
+        seed: int = 0,
     ) -> None:
         images, labels = load_npz_split(path, split)
         self.path, self.split, self.transform = Path(path), split, transform
-        if indices is not None:
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if classes is not None or limit is not None:
+            idx, labels = select_view(labels, classes, limit, seed)
             if idx.size == 0:
-                raise ValueError(f"{path}: indices select no samples of split {split!r}")
-            bad = idx[(idx < 0) | (idx >= len(images))]
-            if bad.size:
-                raise IndexError(f"{path}: indices {bad[:5].tolist()} out of range for split {split!r} "
-                                 f"with {len(images)} samples")
-            images, labels = images[idx], labels[idx]
-        if label_map is not None:
-            lut = {int(k): int(v) for k, v in dict(label_map).items()}
-            unmapped = sorted(set(np.unique(labels).tolist()) - set(lut))
-            if unmapped:
-                raise ValueError(f"{path}: labels {unmapped} are not in label_map {lut}; select those "
-                                 "samples out with `indices` or add them to the map")
-            labels = np.array([lut[int(y)] for y in labels], dtype=np.int64)
+                raise ValueError(f"{path}: no samples of classes {list(classes or [])} in split {split!r}")
+            images = images[idx]
         self.images: np.ndarray = images
         self.labels: np.ndarray = labels
 
     @classmethod
     def from_name(cls, name: str, split: str = "test", *, root: str | os.PathLike | None = None,
-                  size: int = 28, check_md5: bool = True, **kwargs) -> "NpzDataset":
+                  size: int = 28, check_md5: bool | None = None, **kwargs) -> "NpzDataset":
         """Locate ``name`` with :func:`tcube.data.find_npz` and open one split."""
         from .files import find_npz
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..core.temperature import temperature_report
 from ..data.corruptions import corrupt
 from ..data.files import file_md5
-from ..data.npz import NpzDataset
+from ..data.npz import load_npz_split, select_view
 from ..io import json_safe
 from ..methods.merger import Merger
 from ..methods.registry import Kind, effective, method_names
@@ -47,14 +47,6 @@ class PairInfo:
     pair: ModelPair
     specs: tuple[str, str]
     fingerprints: tuple[str, str]
-
-
-def select_indices(labels: np.ndarray, classes: Sequence[int] | None, limit: int | None, seed: int) -> np.ndarray:
-    """Indices (sorted) of the samples in `classes`, at most `limit` of them chosen with `seed`."""
-    idx = np.arange(len(labels)) if classes is None else np.flatnonzero(np.isin(labels, list(classes)))
-    if limit is not None and len(idx) > limit:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(limit), replace=False))
-    return idx
 
 
 def _tuning_fingerprint() -> str:
@@ -88,8 +80,7 @@ class CellRunner:
     def _split_arrays(self, data: DataRef, split: str) -> tuple[np.ndarray, np.ndarray]:
         key = (str(data.path), split)
         if key not in self._arrays:
-            ds = NpzDataset(data.path, split)
-            self._arrays[key] = (ds.images, ds.labels)
+            self._arrays[key] = load_npz_split(data.path, split)
         return self._arrays[key]
 
     def cap(self, limit: int | None) -> int | None:
@@ -104,28 +95,26 @@ class CellRunner:
         `positions` keeps only that block of the selected images (a data-parallel rank's share).
         """
         images, labels = self._split_arrays(data, split)
-        idx = select_indices(labels, classes, self.cap(limit), self.seed)
-        if len(idx) == 0:
-            raise ValueError(f"{data.name} {split}: no images of classes {classes}")
-        if positions is not None:
-            idx = idx[positions]
         n_classes = data.spec.num_classes
         if labels.max(initial=0) >= n_classes:
             raise ValueError(f"{data.path} has label {labels.max()} but {data.name} lists {n_classes} classes "
                              "(data.classes); give one class name per label")
-        lut = {c: i for i, c in enumerate(classes)} if classes is not None else None
+        idx, y = select_view(labels, classes, self.cap(limit), self.seed)
+        if len(idx) == 0:
+            raise ValueError(f"{data.name} {split}: no images of classes {classes}")
+        if positions is not None:
+            idx, y = idx[positions], y[positions]
         out = []
         for i in idx:
             img = images[i]
             if corruption is not None:  # native size, before preprocessing; seeded by the image's own index
                 img = corrupt(img, corruption, severity, seed=self.seed, index=int(i), dataset=data.spec)
             out.append(preprocess(Image.fromarray(img).convert("RGB")))
-        y = labels[idx] if lut is None else np.array([lut[int(v)] for v in labels[idx]], dtype=np.int64)
         return (torch.stack(out) if out else torch.empty(0)), torch.as_tensor(y.reshape(-1), dtype=torch.long)
 
     def view_size(self, data: DataRef, split: str, classes: Sequence[int] | None, limit: int | None = None) -> int:
         """How many images load_view selects (without loading them)."""
-        return len(select_indices(self._split_arrays(data, split)[1], classes, self.cap(limit), self.seed))
+        return len(select_view(self._split_arrays(data, split)[1], classes, self.cap(limit), self.seed)[0])
 
     # -- models -----------------------------------------------------------------------------------
     def _merger(self, role: str, info: PairInfo, data: DataRef, classes) -> tuple[Merger, set]:

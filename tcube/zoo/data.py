@@ -80,7 +80,7 @@ class Split:
 def load_split(name: str, split: str, *, root: str | os.PathLike | None = None,
                preprocess_cfg: dict[str, Any], classes: Sequence[int] | None = None) -> Split:
     """`split` of dataset `name`, keeping only `classes` (original labels; None = all)."""
-    from tcube.data import get_dataset_spec, prompts_for
+    from tcube.data import get_dataset_spec, prompts_for, select_view
 
     spec = get_dataset_spec(name)
     path = dataset_file(spec.name, root)
@@ -88,10 +88,8 @@ def load_split(name: str, split: str, *, root: str | os.PathLike | None = None,
     descriptions, templates = prompts_for(spec)
     keep = tuple(range(spec.num_classes)) if classes is None else tuple(int(c) for c in classes)
     if classes is not None:
-        mask = torch.isin(labels, torch.tensor(keep))
-        lut = torch.full((spec.num_classes,), -1, dtype=torch.long)
-        lut[list(keep)] = torch.arange(len(keep))
-        images, labels = images[mask], lut[labels[mask]]
+        idx, relabelled = select_view(labels.numpy(), keep)  # the harness's own view selection
+        images, labels = images[torch.from_numpy(idx)], torch.from_numpy(relabelled)
     return Split(spec.name, split, images, labels, keep, tuple(descriptions[c] for c in keep), tuple(templates))
 
 
