@@ -15,7 +15,7 @@ BASE = ["model=local", "model.generalist=local-dir:/g", "model.expert=local-dir:
 
 
 @pytest.mark.parametrize("override, names", [
-    ("batch_size=abc", "abc"), ("precision=fp8", "fp8"), ("calibration=test", "test"),
+    ("batch_size=abc", "abc"), ("precision=fp8", "fp8"), ("tuning_data=test", "test"),
     ("engine.name=turbo", "turbo"), ("bogus_key=1", "bogus_key"), ("data.not_a_key=1", "not_a_key"),
 ])
 def test_hydra_rejects_bad_overrides(override, names):
@@ -27,17 +27,17 @@ def test_hydra_rejects_bad_overrides(override, names):
 def test_defaults_come_from_the_schema_for_plain_dicts_too():
     composed = to_settings(compose(BASE + ["data=retina", "protocol=in_domain", "method=t3"]))
     assert composed["engine"]["grid_size"] == 33 and composed["data"]["size"] == 28
-    assert composed["calibration"] == "expert" and composed["precision"] == "fp32"
+    assert composed["tuning_data"] == "expert" and composed["precision"] == "fp32"
     plain = to_settings({"model": {"generalist": "g", "expert": "e"}, "data": {"name": "retinamnist"},
                          "method": {"name": "t3"}, "engine": {"name": "fused"}, "protocol": {"name": "in_domain"}})
-    assert plain["batch_size"] == 64 and plain["calibration"] == "expert" and plain["engine"]["grid_size"] == 33
+    assert plain["batch_size"] == 64 and plain["tuning_data"] == "expert" and plain["engine"]["grid_size"] == 33
     with pytest.raises(ValidationError):
         to_settings({**plain, "precision": "fp8"})
     with pytest.raises(ConfigKeyError):
         to_settings({**plain, "batchsize": 3})
 
 
-@pytest.mark.parametrize("key, value", [("batch_size", 0), ("limit", 0), ("seed", -1), ("calibration_limit", 0)])
+@pytest.mark.parametrize("key, value", [("batch_size", 0), ("limit", 0), ("seed", -1), ("tuning_limit", 0)])
 def test_ranges_a_type_cannot_say_are_checked(key, value):
     s = to_settings(compose(BASE + ["data=retina", "protocol=in_domain", "method=t3"]))
     with pytest.raises(ValueError, match=key):
@@ -57,3 +57,10 @@ def test_an_unknown_group_option_lists_the_choices():
     out = subprocess.run([sys.executable, "-m", "tcube.eval", *BASE, "data=nope", "--cfg", "job"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode != 0 and "Could not find 'data/nope'" in out.stderr and "retina" in out.stderr
+
+
+def test_the_run_dir_names_the_choices_not_their_enum_types(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tcube.eval", *BASE, "data=retina", "protocol=in_domain", "method=t3",
+                          "--cfg", "all", "--resolve"], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "retinamnist/in_domain/t3-fused" in out.stdout and "EngineName" not in out.stdout

@@ -19,26 +19,33 @@ from omegaconf.errors import MissingMandatoryValue
 SCHEMA_NAME = "tcube_eval_schema"
 
 
-class Precision(str, Enum):
+class Choice(str, Enum):
+    """A string choice; its str() is its value, so `${engine.name}` in hydra.run.dir reads `fused`."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
 
 
-class TuningData(str, Enum):
+class TuningData(Choice):
     """Which labelled validation split the validation-tuned methods and temperature scaling use."""
 
     expert = "expert"  # the expert's own val split: no labels from the shifted data (the realistic setting)
     own = "own"        # the clean val split of each evaluated dataset and class subset
 
 
-class TextHeadMode(str, Enum):
+class TextHeadMode(Choice):
     adaptive = "adaptive"  # error-bounded interpolation in λ (tcube.engines.heads), the default
     exact = "exact"        # one encode per distinct λ: the reference
     grid = "grid"          # APPROXIMATE, opt-in: fixed grid over [0, 1], linear interpolation
 
 
-class EngineName(str, Enum):
+class EngineName(Choice):
     naive = "naive"
     batch = "batch"
     bucket = "bucket"
@@ -113,8 +120,8 @@ class EvalConfig:
     plugins: list[str] = field(default_factory=list)  # your modules that register methods, e.g. [my_pkg.methods]
     # always evaluated too: mCE and error reductions are relative to them
     references: list[str] = field(default_factory=lambda: ["generalist", "expert"])
-    calibration: TuningData = TuningData.expert  # the val split validation tuning and temperatures use
-    calibration_limit: Optional[int] = 256       # max val images for tuning (seeded subset); null = all
+    tuning_data: TuningData = TuningData.expert  # the val split validation tuning and temperature scaling use
+    tuning_limit: Optional[int] = 256            # max val images for tuning (seeded subset); null = all
     cache: bool = True             # reuse endpoint logits and tuning choices from disk
     cache_dir: Optional[str] = None  # null = $TCUBE_HOME/cache/logits
     progress: bool = True          # tqdm bars over cells and batches
@@ -144,7 +151,7 @@ def to_settings(cfg: DictConfig | dict) -> dict[str, Any]:
 def check_settings(s: dict[str, Any]) -> None:
     """What a type cannot say: positive sizes and limits, a non-negative seed."""
     for key, value, minimum in (("batch_size", s["batch_size"], 1), ("limit", s["limit"], 1),
-                                ("calibration_limit", s["calibration_limit"], 1), ("seed", s["seed"], 0),
+                                ("tuning_limit", s["tuning_limit"], 1), ("seed", s["seed"], 0),
                                 ("engine.grid_size", s["engine"]["grid_size"], 2),
                                 ("engine.num_buckets", s["engine"]["num_buckets"], 1),
                                 ("protocol.limit", s["protocol"]["limit"], 1)):

@@ -193,8 +193,8 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
     if s["precision"] != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
     if v.needs_tuning:
-        ident["calibration_source"] = s["calibration"]  # rows keep "calibration" for what was fitted
-        ident["calibration_limit"] = cap_limit(s["limit"], s["calibration_limit"])
+        ident["tuning_data"] = s["tuning_data"]  # rows keep "calibration" for the temperatures fitted there
+        ident["tuning_limit"] = cap_limit(s["limit"], s["tuning_limit"])
     return ident
 
 
@@ -204,6 +204,27 @@ def view_key(identity: dict[str, Any]) -> str:
 
 
 # -- models ----------------------------------------------------------------------------------------
+def check_model_specs(model: dict[str, Any], *, has_class_split: bool) -> None:
+    """What can be checked of a part's model specs without loading them: zoo names the zoo can train,
+    local folders and weight files that exist. Hub and built-in names are checked when they load."""
+    roles = ["generalist", "expert"] + (["expert_base"] if model.get("expert_base") and has_class_split else [])
+    for role in roles:
+        spec = str(model[role])
+        if spec.startswith("zoo:"):
+            from ..zoo.store import parse_name
+
+            try:
+                parse_name(spec[len("zoo:"):])
+            except ValueError as err:
+                raise ValueError(f"model.{role}={spec}: {err}") from None
+            continue
+        if spec.startswith("local-dir:") or ":" not in spec:  # a folder or a weights file on this machine
+            path = Path(spec.removeprefix("local-dir:")).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"model.{role}={spec}: {path} does not exist; pass model.{role}=local-dir:DIR "
+                                        "(a folder written by tcube.models.save_local_dir) or a weights file")
+
+
 def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
     """`zoo:NAME` -> the zoo's local-dir folder (tcube.zoo, imported only then); other specs unchanged."""
     if not str(spec).startswith("zoo:"):
@@ -253,6 +274,8 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     plan = build_plan(s)
+    for part in plan.parts:  # every expert's models, before the first cell: not after hours of the others
+        check_model_specs(part.settings["model"], has_class_split=part.primary.spec.num_classes >= 4)
     from .distributed import init_from_env, shutdown
 
     dist, created = init_from_env(_device(s["device"]))  # torchrun: join the group (tcube.harness.distributed)
@@ -279,16 +302,22 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
              results.path, pending)
     # only rank 0 writes; the other ranks compute their share of each cell and return rank 0's summary
     logger = make_logger(s["logger"] if dist.is_main else {"name": "none"}, run_dir, s)
+    def outputs() -> dict[str, Any]:
+        rows = rows_in(results.rows(), [c.key for c in plan.cells])
+        summary = write_outputs(rows, plan, s, run_dir, pending)
+        logger.log_summary(summary, rows)
+        return summary
+
     try:
-        if groups:
-            evaluate(groups, plan, s, results, logger, dist)
-
-        def outputs() -> dict[str, Any]:
-            rows = rows_in(results.rows(), [c.key for c in plan.cells])
-            summary = write_outputs(rows, plan, s, run_dir, pending)
-            logger.log_summary(summary, rows)
-            return summary
-
+        try:
+            if groups:
+                evaluate(groups, plan, s, results, logger, dist)
+        except Exception:
+            # what finished is already in results.jsonl: report it before the error propagates
+            if dist.is_main and results.path.is_file():
+                log.error("the run stopped early; writing report.md and summary.json for the finished cells")
+                write_outputs(rows_in(results.rows(), [c.key for c in plan.cells]), plan, s, run_dir, pending)
+            raise
         summary = dist.from_main(outputs)
     finally:
         logger.finish()
@@ -302,8 +331,8 @@ def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunne
         pair_loader(s, str(part.primary.path.parent), _device(s["device"], dist), dist), cache=cache,
         engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if engine[k] is not None},
         text_heads=engine["text_heads"], grid_size=engine["grid_size"],
-        batch_size=s["batch_size"], limit=s["limit"], seed=s["seed"], calibration=s["calibration"],
-        calibration_limit=s["calibration_limit"], primary=part.primary, progress=s["progress"],
+        batch_size=s["batch_size"], limit=s["limit"], seed=s["seed"], tuning_data=s["tuning_data"],
+        tuning_limit=s["tuning_limit"], primary=part.primary, progress=s["progress"],
         precision=s["precision"], dist=dist)
 
 

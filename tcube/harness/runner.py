@@ -59,17 +59,17 @@ class CellRunner:
 
     def __init__(self, pairs: Callable[[str], PairInfo], *, cache: LogitCache, engine: str,
                  engine_options: dict[str, Any] | None = None, text_heads: str = "exact", grid_size: int = 33,
-                 batch_size: int = 64, limit: int | None = None, seed: int = 0, calibration: str = "own",
-                 calibration_limit: int | None = None, primary: DataRef | None = None, progress: bool = True,
+                 batch_size: int = 64, limit: int | None = None, seed: int = 0, tuning_data: str = "expert",
+                 tuning_limit: int | None = None, primary: DataRef | None = None, progress: bool = True,
                  max_mergers: int = 2, precision: str = "fp32", dist: Dist = SINGLE):
-        if calibration not in ("own", "expert"):
-            raise ValueError(f"calibration must be 'own' or 'expert', got {calibration!r}")
+        if tuning_data not in ("own", "expert"):
+            raise ValueError(f"tuning_data must be 'own' or 'expert', got {tuning_data!r}")
         self.pairs, self.cache = pairs, cache
         self.engine, self.engine_options = engine, dict(engine_options or {})
         self.text_heads, self.grid_size = text_heads, grid_size
         self.batch_size, self.limit, self.seed = int(batch_size), limit, int(seed)
-        self.calibration_limit = calibration_limit
-        self.calibration, self.primary, self.progress = calibration, primary, progress and dist.is_main
+        self.tuning_limit = tuning_limit
+        self.tuning_data, self.primary, self.progress = tuning_data, primary, progress and dist.is_main
         self.precision, self.dist = precision, dist  # dist: which block of each cell's batches is ours
         self._arrays: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._mergers: OrderedDict[tuple, tuple[Merger, set]] = OrderedDict()
@@ -174,7 +174,7 @@ class CellRunner:
         `calibration` (expert | own) is the tuning data source: the expert's val split or the evaluated set's.
         """
         data, classes = es.data, es.classes
-        if self.calibration == "expert" and self.primary is not None:
+        if self.tuning_data == "expert" and self.primary is not None:
             data = self.primary
             if es.expert == "expert_base":  # the base-class expert knows the base classes only
                 from ..data.splits import base_novel_classes
@@ -182,7 +182,7 @@ class CellRunner:
                 classes = tuple(base_novel_classes(data.spec.num_classes)[0])
             elif data.name != es.data.name:
                 classes = None
-        fields = {**self._view_fields(info, data, "val", classes, None, 0, self.calibration_limit), "kind": "calibration",
+        fields = {**self._view_fields(info, data, "val", classes, None, 0, self.tuning_limit), "kind": "tuning",
                   "engine": self.engine, "engine_options": self.engine_options, "text_heads": self.text_heads,
                   "grid_size": self.grid_size, "code": _tuning_fingerprint()}
         key = cache_key(fields)
@@ -195,7 +195,7 @@ class CellRunner:
             state = self.cache.load_json(key)
             if state is None:
                 images, labels = self.load_view(data, "val", classes, info.pair.preprocess,
-                                                limit=self.calibration_limit)
+                                                limit=self.tuning_limit)
                 same_space = data.name == es.data.name and classes == es.classes
                 source = merger if same_space else self._merger(es.expert, info, data, classes)[0]
                 source.tune(images, labels, batch_size=self.batch_size)

@@ -19,8 +19,9 @@ import numpy as np
 from .results import read_rows
 from .scores import averaged, cell_id, scores_for
 
+# calibration_source / calibration_limit: the names of tuning_data / tuning_limit in rows written before them
 SETTING_FIELDS = ("seed", "limit", "engine", "engine_options", "generalist", "expert", "expert_data", "protocol",
-                  "calibration_source", "calibration_limit", "zoo_profile")
+                  "tuning_data", "tuning_limit", "calibration_source", "calibration_limit", "zoo_profile")
 # Per expert modality, the scores that say whether the premise holds (expert wins in-domain, generalist
 # wins on novel modalities / classes and under corruption) and where the merges land.
 PER_EXPERT = ("in_domain: top-1", "base_to_novel: modality novel mean", "base_to_novel: class HM",
