@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from common import seeded_images
+from hydra.errors import ConfigCompositionException
 
 from tcube import Merger
 from tcube.runtime.device import resolve_device, to_device
@@ -83,7 +84,7 @@ def test_harness_precision_bf16_runs_and_gets_its_own_keys(tmp_path, clip_pair):
     keys = {p: {c.key for c in build_plan(to_settings(compose(overrides(env, extra=[f"precision={p}"])))).cells}
             for p in ("fp32", "bf16")}
     assert not keys["fp32"] & keys["bf16"]  # a bf16 run never resumes from fp32 rows
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        build_plan(to_settings(compose(overrides(env, extra=["precision=fp8"]))))
+    with pytest.raises(ConfigCompositionException, match="precision=fp8"):  # the typed config refuses it
+        compose(overrides(env, extra=["precision=fp8"]))
     with pytest.raises(ValueError, match="device must be"):
         build_plan(to_settings(compose(overrides(env, extra=["device=tpu"]))))
