@@ -193,6 +193,14 @@ def _cases() -> list[Case]:
     c_base, c_fts = (lambda x: x["cancel_base"]), (lambda x: [x["cancel_e1"], x["cancel_e2"]])
     mk_two = lambda x: {"gen": x["gen"], "e1": x["e1"], "e2": x["e2"]}  # noqa: E731
     mk_cancel = lambda x: {"gen": x["cancel_base"], "e1": x["cancel_e1"], "e2": x["cancel_e2"]}  # noqa: E731
+
+    def ties_fb(name: str, setting: str, kind: str, density: float, merge_func: str, *, per_tensor: bool) -> Case:
+        """tcube's TIES against FusionBench's ties_merging on the two experts."""
+        return Case(name, "ties", "FusionBench", setting, kind,
+                    lambda x: merging.ties(x[G], two(x), density=density, scale=SCALE),
+                    lambda r, x: fb_ties(r.fb, x[G], two(x), scaling_factor=SCALE, threshold=density,
+                                         merge_func=merge_func, per_tensor=per_tensor))
+
     return [
         # ---- weight average / WiSE-FT
         Case("wa_fb", "weight_average", "FusionBench", "state_dict_avg([gen, exp])", "agree",
@@ -210,26 +218,14 @@ def _cases() -> list[Case]:
              lambda x: merging.task_arithmetic(x[G], two(x), SCALE),
              lambda r, x: mk_merge(r.mk, "task_arithmetic", mk_two(x), "gen", {"weight": SCALE})),
         # ---- TIES (two experts)
-        Case("ties_fb", "ties", "FusionBench",
-             f"ties_merging per tensor, threshold={D_FRAC}, merge_func=mean (d·n not an integer)", "agree",
-             lambda x: merging.ties(x[G], two(x), density=D_FRAC, scale=SCALE),
-             lambda r, x: fb_ties(r.fb, x[G], two(x), scaling_factor=SCALE, threshold=D_FRAC, merge_func="mean",
-                                  per_tensor=True)),
-        Case("ties_fb_global", "ties", "FusionBench",
-             f"ties_merging over the flattened model (its default), threshold={D_FRAC}, mean", "differs",
-             lambda x: merging.ties(x[G], two(x), density=D_FRAC, scale=SCALE),
-             lambda r, x: fb_ties(r.fb, x[G], two(x), scaling_factor=SCALE, threshold=D_FRAC, merge_func="mean",
-                                  per_tensor=False)),
-        Case("ties_fb_sum", "ties", "FusionBench", f"merge_func=sum (its default), per tensor, threshold={D_FRAC}",
-             "differs",
-             lambda x: merging.ties(x[G], two(x), density=D_FRAC, scale=SCALE),
-             lambda r, x: fb_ties(r.fb, x[G], two(x), scaling_factor=SCALE, threshold=D_FRAC, merge_func="sum",
-                                  per_tensor=True)),
-        Case("ties_fb_count", "ties", "FusionBench",
-             f"per tensor, mean, threshold={D_INT} (d·n an integer: keeps ⌊d·n⌋+1)", "differs",
-             lambda x: merging.ties(x[G], two(x), density=D_INT, scale=SCALE),
-             lambda r, x: fb_ties(r.fb, x[G], two(x), scaling_factor=SCALE, threshold=D_INT, merge_func="mean",
-                                  per_tensor=True)),
+        ties_fb("ties_fb", f"ties_merging per tensor, threshold={D_FRAC}, merge_func=mean (d·n not an integer)",
+                "agree", D_FRAC, "mean", per_tensor=True),
+        ties_fb("ties_fb_global", f"ties_merging over the flattened model (its default), threshold={D_FRAC}, mean",
+                "differs", D_FRAC, "mean", per_tensor=False),
+        ties_fb("ties_fb_sum", f"merge_func=sum (its default), per tensor, threshold={D_FRAC}", "differs", D_FRAC,
+                "sum", per_tensor=True),
+        ties_fb("ties_fb_count", f"per tensor, mean, threshold={D_INT} (d·n an integer: keeps ⌊d·n⌋+1)", "differs",
+                D_INT, "mean", per_tensor=True),
         Case("ties_fb_zero_sum", "ties", "FusionBench", f"per tensor, mean, threshold={D_FRAC}, trimmed sum 0",
              "differs",
              lambda x: merging.ties(c_base(x), c_fts(x), density=D_FRAC, scale=SCALE),
