@@ -7,7 +7,7 @@ import pytest
 from eval_support import compose, make_env, overrides
 
 from tcube.harness.evaluate import run
-from tcube.harness.runner import CellRunner
+from tcube.harness.views import DataViews
 from tcube.reporting.results import read_rows
 
 CHOSEN = {"t3_cal": ("gamma", "lambda_min", "lambda_max", "tau"), "wise_ft_cal": ("alpha",)}
@@ -43,7 +43,7 @@ def _poisoned(original):
 
 def test_chosen_coefficients_ignore_test_labels(cfg, clean_run, tmp_path, monkeypatch):
     rows, _ = clean_run
-    monkeypatch.setattr(CellRunner, "_split_arrays", _poisoned(CellRunner._split_arrays))
+    monkeypatch.setattr(DataViews, "_split_arrays", _poisoned(DataViews._split_arrays))
     run(cfg, tmp_path)
     poisoned = {r["method"]: r for r in read_rows(tmp_path / "results.jsonl")}
     clean = {r["method"]: r for r in rows}
@@ -78,11 +78,11 @@ def test_poisoned_validation_labels_do_move_the_choice(cfg, clean_run, tmp_path,
     """The counterpart: the same poison on the val split changes what is chosen, so the test above can fail."""
     rows, _ = clean_run
 
-    def split_arrays(self, data, split, original=CellRunner._split_arrays):
+    def split_arrays(self, data, split, original=DataViews._split_arrays):
         images, labels = original(self, data, split)
         return (images, np.random.default_rng(123).permutation(labels)) if split == "val" else (images, labels)
 
-    monkeypatch.setattr(CellRunner, "_split_arrays", split_arrays)
+    monkeypatch.setattr(DataViews, "_split_arrays", split_arrays)
     run(cfg, tmp_path)
     poisoned = {r["method"]: r for r in read_rows(tmp_path / "results.jsonl")}
     clean = {r["method"]: r for r in rows}

@@ -165,13 +165,13 @@ def test_corruption_is_applied_at_native_size_and_seeded_per_image(data_root):
     data = resolve_data(dict(SYNTH4, modality="chest_xray"), data_root)
     as_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # noqa: E731
     runner = CellRunner(lambda role: None, cache=LogitCache(enabled=False), engine="fused", seed=3)
-    full, _ = runner.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
+    full, _ = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
     runner.limit = 4
-    part, labels = runner.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
+    part, labels = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
     idx = np.sort(np.random.default_rng(3).choice(8, size=4, replace=False))
     assert torch.equal(part, full[idx]) and full.shape[-1] == 28  # same image, same noise, whatever the subset
-    clean, _ = runner.load_view(data, "test", None, as_tensor)
+    clean, _ = runner.views.load_view(data, "test", None, as_tensor)
     assert not torch.equal(part, clean)
     assert labels.tolist() == (idx % 4).tolist()
-    base, y = runner.load_view(data, "test", (2, 3), as_tensor)
+    base, y = runner.views.load_view(data, "test", (2, 3), as_tensor)
     assert set(y.tolist()) <= {0, 1}  # a class subset is its own label space

@@ -5,7 +5,7 @@ fixtures, custom datasets such as PH2), serves class subsets relabelled to 0..k-
 and seeded subsets of at most ``limit`` images, and loads the arrays once so no zip file stays open.
 
 :func:`select_view` is the one place where a view (class subset, seeded limit, relabelling) is chosen:
-the harness (``CellRunner.load_view``), the zoo (``tcube.zoo.data.load_split``) and ``NpzDataset`` use it.
+the harness (``harness.views.DataViews.load_view``), the zoo (``tcube.zoo.data.load_split``) and ``NpzDataset`` use it.
 """
 
 from __future__ import annotations
