@@ -166,7 +166,7 @@ def test_corruption_is_applied_at_native_size_and_seeded_per_image(data_root):
     as_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # noqa: E731
     runner = CellRunner(lambda role: None, cache=LogitCache(enabled=False), engine="fused", seed=3)
     full, _ = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
-    runner.limit = 4
+    runner.views.limit = 4
     part, labels = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
     idx = np.sort(np.random.default_rng(3).choice(8, size=4, replace=False))
     assert torch.equal(part, full[idx]) and full.shape[-1] == 28  # same image, same noise, whatever the subset
