@@ -23,14 +23,8 @@ from ..models.checkpoints import check_compatible
 from ..models.heads import tokenize_prompts, zero_shot_head
 from ..runtime.device import to_device
 from ..runtime.precision import autocast, check_precision
-from .registry import TEMPERATURE_SCALING, Kind, Method, effective, get_method, method_names, methods
+from .registry import TEMPERATURE_SCALING, Kind, Method, effective, get_method
 from .tuning import tune
-
-# Deprecated snapshots of the built-in sets, for callers not yet reading the registry (tcube.reporting).
-METHODS = tuple(method_names())
-ADAPTIVE = tuple(m.name for m in methods() if effective(m.name).kind in (Kind.PER_SAMPLE, Kind.PER_BATCH))
-PER_SAMPLE = tuple(m.name for m in methods() if effective(m.name).kind is Kind.PER_SAMPLE)
-CALIBRATED = tuple(method_names(Kind.TUNED))
 
 
 @dataclass
