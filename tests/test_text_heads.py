@@ -109,3 +109,64 @@ def test_grid_is_labelled_approximate(clip_pair):
     assert not heads_for(clip_pair)[1].approximate and not heads_for(clip_pair, mode="exact")[1].approximate
     with pytest.raises(ValueError, match="unknown text head mode"):
         heads_for(clip_pair, mode="fast")
+
+
+def image_logit_error(eng, approx: torch.Tensor, exact: torch.Tensor, lam: torch.Tensor, img: torch.Tensor) -> float:
+    """Largest |Δlogit| on these images: exp(logit_scale(λ_i)) · |⟨head_i − exact_i, img_i⟩|."""
+    return float((eng.logit_scale(lam).unsqueeze(1) * torch.einsum("be,bce->bc", img, approx - exact)).abs().max())
+
+
+@pytest.fixture(scope="module", params=["open_clip", "biomedclip"])
+def trained_scale_pair(request):
+    """Each family with a trained CLIP's temperature, exp(logit_scale) = 100: fp32 noise of the encodes is then
+    ~1e-4 in the worst-case measure, so only the measure on real image directions keeps pieces interpolated."""
+    import copy
+
+    pair = request.getfixturevalue("clip_pair" if request.param == "open_clip" else "biomed_pair")
+    gen, exp = copy.deepcopy(pair.generalist), copy.deepcopy(pair.expert)
+    for m in (gen, exp):
+        m.logit_scale.data.fill_(float(torch.log(torch.tensor(100.0))))
+    return type(pair)(gen, exp, pair.tokenizer, pair.model_cfg, pair.family)
+
+
+@pytest.mark.parametrize("low,high", [(0.5, 0.586), (0.507, 0.511), (0.0, 1.0)])
+def test_adaptive_error_bound_on_images_at_trained_scale(trained_scale_pair, low, high):
+    eng, adaptive = heads_for(trained_scale_pair)
+    _, exact = heads_for(trained_scale_pair, mode="exact", cache_size=10_000)
+    exact.engine = eng
+    lam = torch.cat([low + (high - low) * torch.rand(30, generator=torch.Generator().manual_seed(4)),
+                     torch.tensor([low, high])])
+    img = torch.nn.functional.normalize(eng.image_features(seeded_images(lam.shape[0]), lam).float(), dim=-1)
+    got = adaptive(lam, img)
+    assert adaptive.stats["exact_fallback"] == 0  # interpolated (pieces may split), never the exact fallback
+    assert adaptive.max_error() <= max(adaptive.tol, adaptive.noise_cap * 100)  # tol, or kept at the noise floor
+    assert image_logit_error(eng, got, exact(lam), lam, img) <= CONTRACT / 2
+    if high - low < 0.1:  # the paper's narrow range: one or two short pieces, fewer encodes than exact heads
+        assert adaptive.stats["encoded"] < lam.unique().numel()
+
+
+def test_later_batches_recheck_and_refine(clip_pair):
+    """A piece accepted on one batch's images is checked again on the next batch's; failing there refines it."""
+    eng, heads = heads_for(clip_pair)
+    lam = 0.5 + 0.086 * torch.rand(16, generator=torch.Generator().manual_seed(6))
+    img = torch.nn.functional.normalize(eng.image_features(seeded_images(16), lam).float(), dim=-1)
+    heads(lam, img)
+    (piece, state), = heads._pieces.items()
+    nodes = state.nodes.shape[0]
+    heads.tol = heads._measured(state, img.double()) / 2  # the same images now fail the stored check
+    heads(lam, img)
+    assert heads._pieces[piece].kind != "interp" or heads._pieces[piece].nodes.shape[0] > nodes
+
+
+def test_default_merge_output_names_its_heads(clip_pair):
+    from tcube import merge_and_predict
+
+    images = seeded_images(6)
+    out = merge_and_predict(clip_pair.generalist, clip_pair.expert, images, CLASSES, tokenizer=clip_pair.tokenizer)
+    assert out.text_heads["mode"] == "adaptive" and out.text_heads["approximate"] is False
+    grid = merge_and_predict(clip_pair.generalist, clip_pair.expert, images, CLASSES, tokenizer=clip_pair.tokenizer,
+                             text_heads="grid")
+    assert grid.text_heads == {"mode": "grid", "approximate": True, "max_error": None}
+    static = merge_and_predict(clip_pair.generalist, clip_pair.expert, images, CLASSES, tokenizer=clip_pair.tokenizer,
+                               method="wise_ft")
+    assert static.text_heads is None  # one merged model: its head is encoded exactly

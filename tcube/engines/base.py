@@ -48,7 +48,7 @@ def merged_logits(engine: Engine, images: torch.Tensor, lam: torch.Tensor, heads
     """
     lam = engine.effective_lambdas(lam)
     img = F.normalize(engine.image_features(images, lam).float(), dim=-1)
-    head = heads(lam).float()  # [B, C, E]
+    head = heads(lam, img).float()  # [B, C, E]; adaptive heads check their error on these features
     with torch.autocast(img.device.type, enabled=False):  # the cosine logits stay fp32 under mixed precision
         logits = engine.logit_scale(lam).float().unsqueeze(1) * torch.einsum("be,bce->bc", img, head)
     bias = engine.logit_bias(lam)

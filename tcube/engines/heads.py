@@ -1,25 +1,23 @@
-"""Per-sample zero-shot heads of merged models: adaptive (error-bounded, the default), exact, or grid.
+"""Per-sample zero-shot heads of merged models: adaptive (error-measured, the default), exact, or grid.
 
 head(λ) = normalize(mean over templates of normalize(text_features(prompt; λ))) is an analytic
 function of λ (the merged text tower is a composition of smooth maps of affine-in-λ weights), so on
 a short λ interval a low-degree polynomial reproduces it to fp32 noise. `adaptive` exploits that:
 
-- [0, 1] (and beyond, for extrapolating λ rules) is cut into fixed dyadic pieces of width
-  1/(`base_pieces`·2^d); λ values that no built piece covers get pieces 2–4× as wide as their span
-  (depth d from the span), each a Chebyshev–Lobatto interpolant of the heads, built once and cached,
-  so a streamed `Merger` encodes nothing once its λ range is covered.
-- The node count is chosen a posteriori: nested Lobatto sets of 5, 9, 17 nodes; each doubling first
-  encodes the new nodes exactly and measures the previous interpolant's error at them, in logit units
-  (head error in the 2-norm × the piece's largest merged exp(logit_scale), which bounds |Δlogit| of
-  every class for a unit image feature). Once that measured error is ≤ `tol`, the piece keeps the
-  interpolant through *all* nodes encoded so far (twice as many as the one measured, so under the
-  geometric convergence of analytic functions its error is far below `tol`; where the fp32 noise of
-  the encodes is above `tol`, see `noise_cap` in TextHeads). A piece that misses
-  `tol` at 17 nodes is split in two (down to `max_depth` halvings); past that its λ are encoded
-  exactly. So the error is measured, never assumed, and the fallback is the exact head.
+- λ is cut into fixed dyadic pieces of width 1/(`base_pieces`·2^d); λ values no built piece covers get
+  pieces 2–4× as wide as their span, each a Chebyshev–Lobatto interpolant of the exact heads, built
+  once and kept, so a streamed `Merger` stops encoding once its λ range is covered.
+- Nodes double through nested Lobatto sets (2, 3, 5, 9, 17). Each doubling encodes the new nodes
+  exactly and measures the current interpolant's error there in logits: |Δlogit| = exp(logit_scale) ·
+  |⟨Δhead, image⟩| on the batch's own image features (every later batch is checked again, for free,
+  and refines the piece if it fails), or the worst case ‖Δhead‖·exp(logit_scale) over all unit
+  features when no images are given. Once ≤ `tol`, the piece keeps the interpolant through all
+  nodes (one level finer than the one measured: geometric convergence puts its error far lower).
+  A piece still above `tol` at 17 nodes is split (down to `max_depth` halvings), then encoded exactly.
 - A batch with at most `exact_below` distinct λ (T^3_B, static merges, single samples) is encoded
   exactly: one encode per λ is cheaper than any interpolant.
 
+The narrow λ range of the paper's rule ([0.5, 0.586]) costs 5 encodes of the prompts per new piece.
 `exact` encodes the prompts once per distinct λ (the reference). `grid` is **approximate** and
 opt-in: linear interpolation between G evenly spaced heads over [0, 1], error O(1/G²), not bounded
 by the engine contract.
@@ -37,7 +35,7 @@ from .base import Engine
 
 HEAD_MODES = ("adaptive", "exact", "grid")
 APPROXIMATE_HEAD_MODES = ("grid",)
-NESTED_NODES = (5, 9, 17)
+NESTED_NODES = (2, 3, 5, 9, 17)
 
 
 def lobatto_nodes(a: float, b: float, n: int) -> torch.Tensor:
@@ -61,27 +59,28 @@ def barycentric(nodes: torch.Tensor, values: torch.Tensor, x: torch.Tensor) -> t
 
 
 class _Piece:
-    """State of one dyadic λ piece: an accepted interpolant, split into halves, or exact encodes."""
+    """One dyadic λ piece: an interpolant (nodes, heads, its last error check), split into halves, or exact."""
 
-    __slots__ = ("kind", "nodes", "heads", "error")
+    __slots__ = ("kind", "nodes", "heads", "check", "scale", "limit", "error", "previous", "accepted")
 
-    def __init__(self, kind: str, nodes=None, heads=None, error: float = float("nan")):
-        self.kind, self.nodes, self.heads, self.error = kind, nodes, heads, error
+    def __init__(self, kind: str, nodes=None, heads=None, *, scale: float = 1.0, limit: int = 0):
+        self.kind, self.nodes, self.heads, self.scale, self.limit = kind, nodes, heads, scale, limit
+        self.check = None  # [k, C, E]: previous interpolant minus exact heads at the newest k nodes
+        self.error, self.previous, self.accepted = float("nan"), float("inf"), False
 
 
 class TextHeads:
-    """Heads [B, C, E] of each sample's merged model: `heads(lam)`; see the module docstring for the modes.
+    """Heads [B, C, E] of each sample's merged model: `heads(lam, images)`; the modes: module docstring.
 
-    `tol` (adaptive): largest measured interpolation error allowed, in logit units (|Δlogit|), well under
-    the engines' 1e-4 contract so fp32 noise of the encodes themselves fits in the rest. With a large
-    logit scale (trained CLIPs: 100) the fp32 noise of the exact encodes (~1e-6 relative) can exceed
-    `tol`; a piece whose measured error stops falling when its nodes double is at that noise floor and
-    is accepted if the error is ≤ `noise_cap` (exact heads carry the same noise); otherwise it is split.
-    `stats` counts λ values encoded (`encoded`) and pieces built, for tests and benchmarks.
+    `tol` (adaptive): largest measured interpolation error allowed, in logits, well under the engines'
+    1e-4 contract so that the fp32 noise of the encodes (which exact heads share) fits in the rest. Where
+    that noise itself is above `tol` (large logit scales, worst-case measure), a piece whose error stops
+    falling when its nodes double is at the noise floor and is kept if the error is ≤ `noise_cap` ×
+    exp(logit_scale); otherwise it is split. `stats` counts λ values encoded and pieces built.
     """
 
     def __init__(self, engine: Engine, tokens: torch.Tensor, n_classes: int, n_templates: int, *,
-                 mode: str = "adaptive", grid_size: int = 33, tol: float = 2e-5, noise_cap: float = 5e-5,
+                 mode: str = "adaptive", grid_size: int = 33, tol: float = 5e-5, noise_cap: float = 2e-6,
                  base_pieces: int = 8,
                  max_depth: int = 3, exact_below: int = 4, chunk_rows: int = 512, cache_size: int = 64):
         if mode not in HEAD_MODES:
@@ -108,10 +107,12 @@ class TextHeads:
         """True for modes whose error is not bounded by the engine contract (grid)."""
         return self.mode in APPROXIMATE_HEAD_MODES
 
-    def __call__(self, lam: torch.Tensor) -> torch.Tensor:
+    def __call__(self, lam: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Heads at each λ; `images` [B, E] (the batch's image features) lets adaptive measure its error
+        on the directions it is used with, instead of the worst case over every unit vector."""
         if self.mode == "exact":
             return self.exact(lam)
-        return self.adaptive(lam) if self.mode == "adaptive" else self.interpolated(lam)
+        return self.adaptive(lam, images) if self.mode == "adaptive" else self.interpolated(lam)
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Heads [U, C, E] at each λ in `values`, encoding prompts in row chunks."""
@@ -139,27 +140,29 @@ class TextHeads:
         return heads
 
     # -- adaptive: piecewise Chebyshev with a measured error bound -------------------------------------
-    def adaptive(self, lam: torch.Tensor) -> torch.Tensor:
+    def adaptive(self, lam: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         values, inverse = torch.unique(lam, return_inverse=True)
         if values.numel() <= self.exact_below:
             return self.exact(lam)
         points = values.double().cpu()
+        # the error is measured on the directions the heads are used with: these images' unit features
+        feats = None if images is None else F.normalize(images.detach().double().cpu(), dim=-1)
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         known = [self._locate(float(v)) for v in points]  # pieces built by earlier batches
-        for piece in set(known) - {None}:
+        for piece in sorted(set(known) - {None}):
             at = torch.tensor([i for i, p in enumerate(known) if p == piece], dtype=torch.long)
-            self._resolve(piece, points[at], at, parts, piece[0])
+            self._resolve(piece, points[at], at, parts, feats)
         new = torch.tensor([i for i, p in enumerate(known) if p is None], dtype=torch.long)
         if new.numel():
             # new pieces twice to four times as wide as the λ span left: a narrow span (the paper's rule gives
-            # [0.5, 0.586]) gets a short piece, which a 5-node interpolant already resolves to fp32 noise
+            # [0.5, 0.586]) gets a short piece, which a quadratic already resolves to fp32 noise
             span = float(points[new].max() - points[new].min())
             depth = self.max_start_depth if span == 0 else \
                 max(0, min(self.max_start_depth, math.floor(math.log2(1 / (self.base_pieces * span))) - 1))
             index = self._index(points[new], depth)
             for k in index.unique().tolist():
                 at = new[index == k]
-                self._resolve((depth, k), points[at], at, parts, depth + self.max_depth)
+                self._resolve((depth, k), points[at], at, parts, feats, limit=depth + self.max_depth)
         first = parts[0][1]
         out = first.new_empty(values.shape[0], *first.shape[1:])
         for at, heads in parts:
@@ -187,10 +190,12 @@ class TextHeads:
         width = 1.0 / (self.base_pieces * 2**depth)
         return k * width, (k + 1) * width
 
-    def _resolve(self, piece, values: torch.Tensor, at: torch.Tensor, parts: list, limit: int) -> None:
+    def _resolve(self, piece, values: torch.Tensor, at: torch.Tensor, parts: list, feats, limit: int = 0) -> None:
         state = self._pieces.get(piece)
         if state is None:
-            state = self._pieces[piece] = self._build(piece, can_split=piece[0] < limit)
+            state = self._pieces[piece] = self._start(piece, limit)
+        if state.kind == "interp":
+            self._refine(piece, state, feats)  # new images: the measured error is checked on them too
         if state.kind == "interp":
             parts.append((at, F.normalize(barycentric(state.nodes, state.heads, values), dim=-1).float()))
         elif state.kind == "split":
@@ -198,7 +203,7 @@ class TextHeads:
             mid = sum(self._bounds(piece)) / 2
             for child, mask in (((depth + 1, 2 * k), values <= mid), ((depth + 1, 2 * k + 1), values > mid)):
                 if mask.any():
-                    self._resolve(child, values[mask], at[mask], parts, limit)
+                    self._resolve(child, values[mask], at[mask], parts, feats, state.limit)
         else:
             parts.append((at, self.exact(values.to(torch.float32).to(self.tokens.device)).float().cpu()))
 
@@ -211,37 +216,60 @@ class TextHeads:
             self._nodes.update(zip(missing, self.encode(torch.tensor(missing, dtype=torch.float32, device=device))))
         return torch.stack([self._nodes[v] for v in keys]).cpu()
 
-    def _build(self, piece, can_split: bool) -> _Piece:
+    def _start(self, piece, limit: int) -> _Piece:
+        """A new piece holding the linear interpolant through its ends (checked and refined by _refine)."""
         a, b = self._bounds(piece)
+        self._node_heads(lobatto_nodes(a, b, 3))  # ends and midpoint in one forward: the first check needs all three
+        nodes = lobatto_nodes(a, b, NESTED_NODES[0])
         scale = float(self.engine.logit_scale(torch.tensor([a, b], device=self.tokens.device)).max())
-        self._node_heads(lobatto_nodes(a, b, NESTED_NODES[0]))  # one forward for the first two sets
-        nodes = lobatto_nodes(a, b, 3)
-        heads = self._node_heads(nodes)
-        error, previous = float("inf"), float("inf")
-        for n in NESTED_NODES:
-            finer = lobatto_nodes(a, b, n)
+        return _Piece("interp", nodes, self._node_heads(nodes), scale=scale, limit=limit)
+
+    def _refine(self, piece, state: _Piece, feats: torch.Tensor | None) -> None:
+        """Double the nodes until the error measured at the newest nodes is within tol; else split or go exact."""
+        while True:
+            if state.check is not None:
+                error = self._measured(state, feats)
+                # at the fp32 noise floor of the encodes themselves, doubling the nodes stops reducing the error
+                at_noise_floor = state.nodes.shape[0] > NESTED_NODES[2] and error > state.previous / 4 \
+                    and error <= self._noise_cap() * state.scale
+                if error <= self.tol or at_noise_floor:
+                    state.error = error if not state.accepted else max(state.error, error)
+                    if not state.accepted:
+                        state.accepted = True
+                        self.stats["pieces"] += 1
+                    return
+                state.previous = error
+            n = state.nodes.shape[0]
+            if n == NESTED_NODES[-1]:
+                state.kind = "split" if piece[0] < state.limit else "exact"
+                self.stats["splits" if state.kind == "split" else "exact_fallback"] += 1
+                state.nodes = state.heads = state.check = None
+                return
+            finer = lobatto_nodes(*self._bounds(piece), NESTED_NODES[NESTED_NODES.index(n) + 1])
             new = finer[1::2]
             new_heads = self._node_heads(new)
-            predicted = F.normalize(barycentric(nodes, heads, new), dim=-1)
-            error, previous = float((predicted - new_heads.double()).norm(dim=-1).max()) * scale, error
-            merged = torch.empty(n, *heads.shape[1:], dtype=heads.dtype)
-            merged[0::2], merged[1::2] = heads, new_heads
-            nodes, heads = finer, merged
-            # at the fp32 noise floor of the encodes themselves, doubling the nodes stops reducing the error
-            at_noise_floor = n > NESTED_NODES[0] and error > previous / 4 and error <= self._noise_cap()
-            if error <= self.tol or at_noise_floor:
-                self.stats["pieces"] += 1
-                return _Piece("interp", nodes, heads, error)
-        if can_split:
-            self.stats["splits"] += 1
-            return _Piece("split", error=error)
-        self.stats["exact_fallback"] += 1
-        return _Piece("exact", error=error)
+            # the current interpolant's error where it has not seen the function; the piece then keeps the
+            # interpolant through all nodes (one degree higher: far below that error for analytic heads)
+            state.check = F.normalize(barycentric(state.nodes, state.heads, new), dim=-1) - new_heads.double()
+            merged = torch.empty(finer.shape[0], *state.heads.shape[1:], dtype=state.heads.dtype)
+            merged[0::2], merged[1::2] = state.heads, new_heads
+            state.nodes, state.heads, state.accepted, state.error = finer, merged, False, float("nan")
+
+    def _measured(self, state: _Piece, feats: torch.Tensor | None) -> float:
+        """|Δlogit| of the check: on the given unit image features, else the worst case over all of them."""
+        if feats is None:
+            return float(state.check.norm(dim=-1).max()) * state.scale
+        return float(torch.einsum("kce,be->kcb", state.check, feats).abs().max()) * state.scale
 
     def _noise_cap(self) -> float:
         """noise_cap, scaled up when the text tower runs in reduced precision (autocast bf16/fp16 encodes)."""
         eps = torch.finfo(getattr(self, "_feature_dtype", torch.float32)).eps
         return self.noise_cap * max(1.0, eps / torch.finfo(torch.float32).eps)
+
+    def describe(self) -> dict:
+        """What made the heads, for outputs and results rows."""
+        error = self.max_error() if self.mode == "adaptive" else None
+        return {"mode": self.mode, "approximate": self.approximate, "max_error": None if error != error else error}
 
     def max_error(self) -> float:
         """Largest error measured on any piece in use (logit units; NaN before any was built)."""

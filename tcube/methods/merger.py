@@ -35,6 +35,9 @@ class MergeOutput:
     lambdas: torch.Tensor  # [B] weight on the generalist actually used (NaN where no single one exists)
     js: torch.Tensor       # [B] JS(p_gen ‖ p_exp) in nats
     params: dict[str, Any] = field(default_factory=dict)  # coefficients used (chosen ones for *_cal)
+    # per-sample/per-batch merges: how the merged heads were made ({"mode", "approximate", "max_error"}:
+    # max_error is adaptive's largest measured |Δlogit|); None where one merged model's head is exact
+    text_heads: dict[str, Any] | None = None
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -99,7 +102,9 @@ class Merger:
                 lam = coef.t3_batch_lambda(lam)
             with self._autocast():  # λ above was computed in fp32 from fp32 probabilities
                 logits, lam = merged_logits(self.engine, images, lam.float(), self.heads)
+            heads = self.heads.describe()
         else:
+            heads = None
             if m.kind is Kind.ENDPOINT:
                 logits = m.fn(logits_gen, logits_exp, p)
             elif m.kind is Kind.ENSEMBLE:
@@ -110,7 +115,7 @@ class Merger:
                     logits = _plain_logits(model, head, images)
             lam = torch.full((images.shape[0],), float(m.weight(p)), device=self.device)
         probs = logits.softmax(-1)
-        return MergeOutput(logits, probs, probs.argmax(-1), lam, js, used)
+        return MergeOutput(logits, probs, probs.argmax(-1), lam, js, used, heads)
 
     def _resolve(self, method: str, params: dict[str, Any]) -> tuple[Method, Any, dict[str, Any]]:
         """(method that computes, its params, coefficients to report); a tuned method becomes its base with
