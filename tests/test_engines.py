@@ -55,6 +55,22 @@ def test_batch_equals_naive_for_one_lambda(any_pair):
     assert (batch - run(any_pair, "naive", lam)[0]).abs().max() <= 1e-4
 
 
+def test_fused_with_one_lambda_merges_once_and_equals_naive(any_pair):
+    """T^3_B's batch: every fused op takes its one-λ path (one merged weight), still exact."""
+    lam = torch.full((5,), 0.42)
+    eng = make_engine("fused", any_pair.generalist, any_pair.expert)
+    from tcube.engines.fused_ops import FusedLinear
+
+    seen = []
+    for module in eng.fused.modules():
+        if isinstance(module, FusedLinear) and module.has_delta_w:
+            module.register_forward_hook(lambda m, args, out: seen.append(m.rows.shared is not None))
+    tokens, (c, t) = tokenize_prompts(any_pair.tokenizer, CLASSES)
+    fused, _ = merged_logits(eng, seeded_images(5), lam, TextHeads(eng, tokens, c, t, mode="exact"))
+    assert seen and all(seen)
+    assert (fused - run(any_pair, "naive", lam)[0]).abs().max() <= 1e-4
+
+
 def test_batch_refuses_per_sample_lambdas(clip_pair):
     with pytest.raises(ValueError, match="different λ"):
         run(clip_pair, "batch", LAMBDAS)

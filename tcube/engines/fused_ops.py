@@ -26,14 +26,17 @@ class RowLambda:
 
     def __init__(self) -> None:
         self.value: torch.Tensor | None = None
+        self.shared: torch.Tensor | None = None  # λ [1] when every row has the same one (T^3_B, static)
 
     @contextmanager
     def set(self, lam: torch.Tensor):
-        previous, self.value = self.value, lam
+        previous = self.value, self.shared
+        # one check per forward: with a single λ, ops merge their weight once instead of per row
+        self.value, self.shared = lam, lam[:1] if lam.numel() and bool((lam == lam[0]).all()) else None
         try:
             yield
         finally:
-            self.value = previous
+            self.value, self.shared = previous
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
         """λ shaped to broadcast over x's non-batch dims."""
@@ -93,6 +96,9 @@ class FusedLinear(nn.Module):
         out = self.out_features
         if not self.has_delta_w:
             y = F.linear(x, self.weight, self.bias)
+        elif self.rows.shared is not None:  # one λ for all rows: one merged weight, one plain GEMM
+            lam = self.rows.shared.to(x.dtype)
+            y = F.linear(x, torch.addcmul(self.weight[:out], lam, self.weight[out:]), self.bias)
         else:
             tokens = x.numel() // max(1, x.shape[0] * self.in_features)
             if tokens >= self.chunked_min_tokens:
@@ -140,9 +146,13 @@ class FusedConv2d(nn.Module):
         self.register_buffer("delta_bias", delta_or_none(gen.bias, exp.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
-        if self.has_delta_w:
-            c = self.out_channels
+        c = self.out_channels
+        if self.has_delta_w and self.rows.shared is not None:  # one λ: one merged kernel
+            weight = torch.addcmul(self.weight[:c], self.rows.shared.to(x.dtype), self.weight[c:])
+            y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
+        else:
+            y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        if self.has_delta_w and self.rows.shared is None:
             y = torch.addcmul(y[:, :c], self.rows.like(y), y[:, c:])
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
