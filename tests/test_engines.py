@@ -135,3 +135,15 @@ def test_fused_text_drops_padding_exactly(any_pair):
     lam = torch.linspace(0, 1, tokens.shape[0])
     naive = make_engine("naive", any_pair.generalist, any_pair.expert)
     assert (fused.encode_text(tokens, lam) - naive.text_features(tokens, lam)).abs().max() <= 1e-4
+
+
+def test_plain_heads_drop_padding_only_where_exact(any_pair):
+    """Plain Hugging Face towers (BiomedCLIP) encode prompts without their padding; open_clip's keep it."""
+    from tcube.models.heads import hf_pad_id, zero_shot_head
+
+    model = any_pair.generalist
+    tokens, (c, t) = tokenize_prompts(any_pair.tokenizer, CLASSES)
+    full = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+    full = torch.nn.functional.normalize(full.view(c, t, -1).mean(1), dim=-1)
+    assert (zero_shot_head(model, any_pair.tokenizer, CLASSES) - full).abs().max() <= 1e-5
+    assert (hf_pad_id(getattr(model, "text", None)) is not None) == (any_pair.family == "biomedclip")

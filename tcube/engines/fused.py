@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from ..models.heads import hf_pad_id, trim_padding
 from .base import Engine
 from .fused_ops import (
     FusedConv2d,
@@ -104,21 +105,12 @@ class FusedCLIP(nn.Module):
         the CLS token (or a masked mean/max); open_clip text towers are causal (or mask padding) and pool
         the EOT/EOS/first token. Other poolings keep the full length.
         """
-        pad = self._pad_id()
-        if pad is None or tokens.ndim != 2 or tokens.shape[1] <= 1:
-            return tokens
-        used = (tokens != pad).any(0).nonzero()
-        length = int(used.max()) + 1 if used.numel() else 1
-        return tokens if length == tokens.shape[1] else tokens[:, :length]
+        return trim_padding(tokens, self._pad_id())
 
     def _pad_id(self) -> int | None:
         m = self.model
         if self.text_kind == "hf_text":
-            from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MaxPooler, MeanPooler
-
-            pooler = m.text.pooler
-            front = isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and pooler.cls_token_position == 0
-            return m.text.config.pad_token_id if front or isinstance(pooler, (MeanPooler, MaxPooler)) else None
+            return hf_pad_id(m.text)
         tower, pool = (m.text, m.text.pool_type) if self.text_kind == "open_clip_text_tower" else (m, m.text_pool_type)
         masked = tower.attn_mask is not None or getattr(tower, "use_pad_mask", False)
         return getattr(tower, "pad_id", 0) if masked and pool in ("argmax", "eos", "first") else None

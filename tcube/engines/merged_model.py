@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..core.merging import interpolate
+from ..models.heads import hf_pad_id, trim_padding
 from .base import Engine
 
 
@@ -40,7 +41,8 @@ class _MaterializingEngine(Engine):
         return out
 
     def text_features(self, tokens, lam):
-        return self._grouped("encode_text", tokens, lam)
+        # Hugging Face towers (BiomedCLIP's BERT, padded to 256) ignore padding: drop it, exactly
+        return self._grouped("encode_text", trim_padding(tokens, hf_pad_id(getattr(self.work, "text", None))), lam)
 
 
 class NaiveEngine(_MaterializingEngine):

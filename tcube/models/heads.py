@@ -33,11 +33,37 @@ def head_from_text_features(features: torch.Tensor, n_classes: int, n_templates:
     return F.normalize(feats, dim=-1)
 
 
+def hf_pad_id(text) -> int | None:
+    """Pad id of a Hugging Face text tower whose pooled output ignores padding, else None.
+
+    Such a tower masks padding keys and pools the first (CLS) token or a masked mean/max, so dropping
+    padding columns after the longest prompt leaves its output unchanged (BiomedCLIP pads to 256).
+    """
+    from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MaxPooler, MeanPooler
+
+    if not isinstance(text, HFTextEncoder):
+        return None
+    pooler = text.pooler
+    front = isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and pooler.cls_token_position == 0
+    return text.config.pad_token_id if front or isinstance(pooler, (MeanPooler, MaxPooler)) else None
+
+
+def trim_padding(tokens: torch.Tensor, pad: int | None) -> torch.Tensor:
+    """Tokens [N, L] without the columns after the longest prompt (pad None: unchanged)."""
+    if pad is None or tokens.ndim != 2 or tokens.shape[1] <= 1:
+        return tokens
+    used = (tokens != pad).any(0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return tokens if length == tokens.shape[1] else tokens[:, :length]
+
+
 @torch.no_grad()
 def zero_shot_head(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str] | None = None,
                    batch_size: int = 256) -> torch.Tensor:
     """Head [C, E] of one plain open_clip model."""
     tokens, (c, t) = tokenize_prompts(tokenizer, classnames, templates)
+    # open_clip's own text towers need the full context length; Hugging Face towers ignore padding
+    tokens = trim_padding(tokens, hf_pad_id(getattr(model, "text", None)))
     device = next(model.parameters()).device
     feats = torch.cat([model.encode_text(chunk.to(device)) for chunk in tokens.split(batch_size)])
     return head_from_text_features(feats, c, t)
