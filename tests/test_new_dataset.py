@@ -129,11 +129,17 @@ def test_the_built_in_four_keep_their_zoo_and_a_stale_generalist_is_refused(tmp_
         monkeypatch.setenv(key, value)
     assert Zoo("smoke", 0, tmp_path / "data").folder == zoo_dir("smoke", 0) == tmp_path / "home/zoo/smoke/seed0"
     assert Zoo("smoke", 0, tmp_path / "data", ["ph2", "breast"]).key is None   # configured built-ins: same set
+    from tcube.harness.config import to_settings
+    from tcube.harness.evaluate import build_plan
+
+    base = ["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={tmp_path / 'data'}",
+            "protocol=in_domain", "method=t3", "progress=false", "plots=false", "device=cpu"]
+    # other prompts for a built-in dataset change what is evaluated, not the zoo it is evaluated with
+    plan = build_plan(to_settings(compose(base + ["data.templates=['an ultrasound of {}.']"], tmp_path)))
+    assert plan.parts[0].zoo.key is None and not any("zoo_datasets" in c.identity for c in plan.cells)
     stale = zoo_dir("smoke", 0) / "generalist"
     stale.mkdir(parents=True)
     (stale / "manifest.json").write_text(json.dumps({"trained_on": {"breastmnist": {}}}))
-    cfg = compose(["model=zoo", "model.zoo_profile=smoke", "data=breast", f"data.root={tmp_path / 'data'}",
-                   "protocol=in_domain", "method=t3", "progress=false", "plots=false", "device=cpu"], tmp_path)
-    with pytest.raises(ValueError, match=r"trained on \['breastmnist'\].*--only generalist --force"):
-        run(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trained on \['breastmnist'\].*--data-root .*--only generalist --force"):
+        run(compose(base, tmp_path), tmp_path / "run")
     assert os.listdir(zoo_dir("smoke", 0)) == ["generalist"]                  # nothing was trained

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..data.registry import get_dataset_spec
 from ..protocols import resolve_data
 from ..protocols.base import DataRef, spec_from_config
 
@@ -18,17 +19,27 @@ def uses_zoo(model: dict[str, Any]) -> bool:
 
 
 def run_datasets(s: dict[str, Any], primaries: Sequence[DataRef]) -> list:
-    """Specs of every dataset the run configures whose file is here (multi-label ones cannot be trained on)."""
-    specs = {p.name: p.spec for p in primaries}
+    """Specs of every dataset the run configures whose file is here (multi-label ones cannot be trained on).
+
+    A registered dataset trains with its registry prompts even when the run evaluates it with others: trying
+    other prompts must not retrain the zoo (nor change the cell keys of runs that did so before)."""
+    specs = {p.name: _for_training(p.spec) for p in primaries}
     for entry in s["protocol"].get("datasets") or []:
         spec = spec_from_config(entry)
         if spec.name in specs or spec.is_multi_label:
             continue
         try:
-            specs[spec.name] = resolve_data(entry, s["data"]["root"], s["data"]["size"]).spec
+            specs[spec.name] = _for_training(resolve_data(entry, s["data"]["root"], s["data"]["size"]).spec)
         except FileNotFoundError:  # base_to_novel skips it too, and says so
             continue
     return list(specs.values())
+
+
+def _for_training(spec):
+    try:
+        return get_dataset_spec(spec.name)
+    except ValueError:  # described by its data config alone
+        return spec
 
 
 def open_zoo(settings: dict[str, Any], primary: DataRef, datasets: Sequence) -> Any:

@@ -83,9 +83,10 @@ class Zoo:
         # only the keyless folder can disagree (a key hashes the names): zoos trained before sets were keyed
         had, want = list((manifest or {}).get("trained_on") or []), [s.name for s in self.datasets]
         if manifest is not None and sorted(had) != sorted(want):
+            root = f" --data-root {self.data_root}" if self.data_root else ""
             raise ValueError(f"the zoo generalist in {self.folder / GENERALIST} was trained on {had}, but this run's "
                              f"datasets are {want}; retrain it with `python -m tcube.zoo --profile {self.profile} "
-                             f"--seed {self.seed} --only generalist --force` (its experts follow), or move it away")
+                             f"--seed {self.seed}{root} --only generalist --force` (its experts follow), or move it away")
 
     def ensure(self, name: str, *, force: bool = False, progress: bool = True) -> Path:
         """Folder of zoo model `name`, training it (and the generalist first, for an expert) if missing.
