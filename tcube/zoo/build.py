@@ -49,9 +49,9 @@ class Zoo:
     """
 
     def __init__(self, profile: str = "default", seed: int = 0, data_root=None,
-                 datasets: Sequence[str | DatasetSpec] = ()):
+                 datasets: Sequence[str | DatasetSpec] | None = ()):
         self.recipe, self.profile, self.seed, self.data_root = get_recipe(profile), profile, int(seed), data_root
-        self.configured = tuple(spec_of(d) for d in datasets)
+        self.configured = tuple(spec_of(d) for d in datasets or ())
 
     def known(self) -> list[DatasetSpec]:
         """Datasets an expert may be named for: the built-ins and the configured ones."""
