@@ -103,6 +103,12 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def write_synthetic(folder: Path, name: str) -> Path:
     n_classes, rgb, sizes = SYNTHETIC[name]
+    return write_synthetic_dataset(folder, name, n_classes, rgb=rgb, sizes=sizes)
+
+
+def write_synthetic_dataset(folder: Path, name: str, n_classes: int, *, rgb: bool,
+                            sizes: tuple[int, int, int]) -> Path:
+    """`<folder>/<name>.npz` in the MedMNIST layout with learnable classes: any dataset, e.g. one of a new modality."""
     rng = np.random.default_rng(sum(name.encode()))
     arrays = {}
     for split, n in zip(SPLITS, sizes):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = [
     "Modality",
@@ -25,6 +25,7 @@ __all__ = [
     "get_modality",
     "get_dataset_spec",
     "dataset_spec_from_config",
+    "spec_from_config",
     "prompts_for",
 ]
 
@@ -299,6 +300,25 @@ def dataset_spec_from_config(
         raise ValueError(f"dataset {name!r}: unknown task {task!r}; use one of {SINGLE_LABEL_TASKS + (MULTI_LABEL_TASK,)}")
     return DatasetSpec(name=str(name), modality=mod, classes=classes, descriptions=desc, task=task,
                        source="custom", md5=None, templates=tmpl)
+
+
+def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
+    """A registered dataset by name, or one described by a mapping (name, modality, classes, ...)."""
+    if isinstance(entry, str):
+        return get_dataset_spec(entry)
+    entry = dict(entry)
+    if not entry.get("classes"):  # a registered dataset, optionally with other prompts
+        spec = get_dataset_spec(entry["name"])
+        if entry.get("templates") or entry.get("descriptions"):
+            spec = dataset_spec_from_config(spec.name, spec.modality, spec.classes,
+                                            templates=entry.get("templates") or spec.templates,
+                                            descriptions=entry.get("descriptions") or spec.descriptions,
+                                            task=spec.task)
+        return spec
+    return dataset_spec_from_config(name=entry["name"], modality=entry.get("modality") or "",
+                                    classes=list(entry["classes"]), templates=entry.get("templates"),
+                                    descriptions=entry.get("descriptions"),
+                                    task=entry.get("task") or "multi-class")
 
 
 def prompts_for(spec: DatasetSpec, *, allow_multi_label: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -43,6 +43,7 @@ from .cache import LogitCache
 from .config import register_configs, to_settings
 from .distributed import SINGLE, Dist
 from .runner import CellRunner, PairInfo
+from .zoo_link import open_zoo, run_datasets, uses_zoo
 
 log = logging.getLogger("tcube.eval")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -55,6 +56,7 @@ class Part:
 
     settings: dict
     primary: Any  # DataRef of the expert's dataset
+    zoo: Any = None  # the tcube.zoo.Zoo its zoo: specs resolve in (None: no zoo: spec)
 
 
 @dataclass(frozen=True)
@@ -135,16 +137,20 @@ def build_plan(s: dict[str, Any]) -> Plan:
         if not s["model"].get(key):
             raise ValueError(f"model.{key} is not set: pass model.{key}=<spec> (e.g. local-dir:/path)")
     parts, skipped = plan_parts(s)
+    if uses_zoo(s["model"]):  # one generalist for the whole run: it sees every dataset the run configures
+        configured = run_datasets(s, [p.primary for p in parts])
+        parts = [dataclasses.replace(p, zoo=open_zoo(p.settings, p.primary, configured)) for p in parts]
     cells = []
     for index, part in enumerate(parts):
         p = part.settings
+        zoo_key = part.zoo.key if part.zoo is not None else None
         ctx = Context(data=part.primary, options=p["protocol"], data_root=p["data"]["root"],
                       size=p["data"]["size"], has_expert_base=bool(p["model"].get("expert_base")))
         sets, skips = eval_sets(p["protocol"]["name"], ctx)
         skipped += skips
         for es in sets:
             for v in variants:
-                ident = cell_identity(es, v, p)
+                ident = cell_identity(es, v, p, zoo_key)
                 cells.append(Cell(es, v, cell_key(ident), ident, index))
     return Plan(cells, skipped, [v.method for v in variants], parts)
 
@@ -179,8 +185,9 @@ def _part(s: dict[str, Any], data: dict[str, Any], primary: Any) -> Part:
     return Part({**s, "model": model, "data": data}, primary)
 
 
-def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
-    """Everything that determines a cell's result (its key hashes this)."""
+def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any], zoo_key: str | None = None) -> dict[str, Any]:
+    """Everything that determines a cell's result (its key hashes this). `zoo_key`: the zoo generalist's
+    dataset set, None for the built-in four (whose rows keep the keys they had before sets were keyed)."""
     model, engine = s["model"], s["engine"]
     specs = (model["generalist"], model[es.expert])
     ident = {"expert_data": s["data"]["name"], **es.describe(), "method": v.method, "config_params": v.kwargs,
@@ -190,6 +197,8 @@ def cell_identity(es: EvalSet, v: Variant, s: dict[str, Any]) -> dict[str, Any]:
              "expert": specs[1], "prompts": es.prompt_hash()}
     if any(str(x).startswith("zoo:") for x in specs):
         ident["zoo_profile"] = model["zoo_profile"]
+        if zoo_key is not None:
+            ident["zoo_datasets"] = zoo_key
     if s["precision"] != "fp32":  # fp32 rows keep the keys they had before precision existed
         ident["precision"] = s["precision"]
     if v.needs_tuning:
@@ -204,9 +213,10 @@ def view_key(identity: dict[str, Any]) -> str:
 
 
 # -- models ----------------------------------------------------------------------------------------
-def check_model_specs(model: dict[str, Any], *, has_class_split: bool) -> None:
-    """What can be checked of a part's model specs without loading them: zoo names the zoo can train,
-    local folders and weight files that exist. Hub and built-in names are checked when they load."""
+def check_model_specs(model: dict[str, Any], *, has_class_split: bool, zoo: Any = None) -> None:
+    """What can be checked of a part's model specs without loading them: zoo names the zoo can train (and a
+    stored generalist that saw the run's datasets), local folders and weight files that exist. Hub and
+    built-in names are checked when they load."""
     roles = ["generalist", "expert"] + (["expert_base"] if model.get("expert_base") and has_class_split else [])
     for role in roles:
         spec = str(model[role])
@@ -214,7 +224,10 @@ def check_model_specs(model: dict[str, Any], *, has_class_split: bool) -> None:
             from ..zoo.store import parse_name
 
             try:
-                parse_name(spec[len("zoo:"):])
+                if zoo is not None:
+                    zoo.check(spec[len("zoo:"):])
+                else:
+                    parse_name(spec[len("zoo:"):])
             except ValueError as err:
                 raise ValueError(f"model.{role}={spec}: {err}") from None
             continue
@@ -225,19 +238,16 @@ def check_model_specs(model: dict[str, Any], *, has_class_split: bool) -> None:
                                         "(a folder written by tcube.models.save_local_dir) or a weights file")
 
 
-def resolve_model_spec(spec: str, s: dict[str, Any], data_root: str) -> str:
-    """`zoo:NAME` -> the zoo's local-dir folder (tcube.zoo, imported only then); other specs unchanged."""
+def resolve_model_spec(spec: str, zoo: Any = None) -> str:
+    """`zoo:NAME` -> the part's zoo's local-dir folder (trained on first use); other specs unchanged."""
     if not str(spec).startswith("zoo:"):
         return spec
-    try:
-        from tcube.zoo import resolve_spec
-    except ImportError as err:
-        raise ValueError(f"model spec '{spec}' needs tcube.zoo, which is not available ({err}); use "
-                         "model=local model.generalist=local-dir:/path model.expert=local-dir:/path") from None
-    return resolve_spec(spec, profile=s["model"]["zoo_profile"], seed=s["seed"], data_root=data_root)
+    if zoo is None:
+        raise ValueError(f"model spec '{spec}' needs the run's zoo (Part.zoo, set by build_plan)")
+    return zoo.resolve(spec)
 
 
-def pair_loader(s: dict[str, Any], data_root: str, device: str, dist: Dist = SINGLE) -> Callable[[str], PairInfo]:
+def pair_loader(s: dict[str, Any], device: str, dist: Dist = SINGLE, zoo: Any = None) -> Callable[[str], PairInfo]:
     """role ("expert" | "expert_base") -> the loaded (generalist, role) pair, loaded once, on first use."""
     from ..models import load_pair
     from .cache import model_fingerprint
@@ -248,7 +258,7 @@ def pair_loader(s: dict[str, Any], data_root: str, device: str, dist: Dist = SIN
         if role not in loaded:
             specs = (s["model"]["generalist"], s["model"][role])
             # rank 0 first: a zoo: spec may train the model into the shared store on first use
-            resolved = dist.main_first(lambda: [resolve_model_spec(x, s, data_root) for x in specs])
+            resolved = dist.main_first(lambda: [resolve_model_spec(x, zoo) for x in specs])
             pair = load_pair(*resolved, device=device)
             loaded[role] = PairInfo(pair, specs, (model_fingerprint(pair.generalist), model_fingerprint(pair.expert)))
             log.info("loaded %s pair %s (fingerprints %s)", role, specs, loaded[role].fingerprints)
@@ -275,7 +285,7 @@ def run(cfg: DictConfig | dict, run_dir: str | os.PathLike | None = None) -> dic
     run_dir = Path(run_dir)
     plan = build_plan(s)
     for part in plan.parts:  # every expert's models, before the first cell: not after hours of the others
-        check_model_specs(part.settings["model"], has_class_split=part.primary.spec.num_classes >= 4)
+        check_model_specs(part.settings["model"], has_class_split=part.primary.spec.num_classes >= 4, zoo=part.zoo)
     from .distributed import init_from_env, shutdown
 
     dist, created = init_from_env(_device(s["device"]))  # torchrun: join the group (tcube.harness.distributed)
@@ -328,7 +338,7 @@ def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunne
     """The cell runner of one expert (its models load on first use)."""
     s, engine = part.settings, part.settings["engine"]
     return CellRunner(
-        pair_loader(s, str(part.primary.path.parent), _device(s["device"], dist), dist), cache=cache,
+        pair_loader(s, _device(s["device"], dist), dist, part.zoo), cache=cache,
         engine=engine["name"], engine_options={k: engine[k] for k in ("num_buckets",) if engine[k] is not None},
         text_heads=engine["text_heads"], grid_size=engine["grid_size"],
         batch_size=s["batch_size"], limit=s["limit"], seed=s["seed"], tuning_data=s["tuning_data"],
@@ -384,7 +394,7 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
     meta = {"generalist": s["model"]["generalist"], "expert": ", ".join(m["expert"] for m in experts),
             "expert_base": s["model"].get("expert_base"), "data": ", ".join(p.primary.name for p in plan.parts),
             "protocol": s["protocol"]["name"], "engine": s["engine"]["name"], "seed": s["seed"],
-            "limit": s["limit"], "cells": len(rows), "generalist_datasets": generalist_datasets(s)}
+            "limit": s["limit"], "cells": len(rows), "generalist_datasets": generalist_datasets(s, plan.parts[0].zoo if plan.parts else None)}
     write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
     write_text_atomic(run_dir / "report.md", render_report(summary, rows, meta))
     if s["plots"] and rows:
@@ -392,14 +402,14 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
     return summary
 
 
-def generalist_datasets(s: dict[str, Any]) -> list[str] | None:
+def generalist_datasets(s: dict[str, Any], zoo: Any = None) -> list[str] | None:
     """The datasets the generalist was trained on, as its tcube manifest records them; None = unknown
     (the report then makes no claim about what "novel" means)."""
     spec = str(s["model"]["generalist"])
     if spec.startswith("zoo:"):
-        from ..zoo.store import zoo_dir
-
-        folder = zoo_dir(s["model"]["zoo_profile"], s["seed"]) / spec[len("zoo:"):]
+        if zoo is None:
+            return None
+        folder = zoo.folder / spec[len("zoo:"):]
     elif spec.startswith("local-dir:"):
         folder = Path(spec[len("local-dir:"):])
     else:

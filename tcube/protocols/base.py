@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..data.files import find_npz
-from ..data.registry import (
+from ..data.registry import (  # noqa: F401  (spec_from_config: re-exported, protocols used to define it)
     DatasetSpec,
-    dataset_spec_from_config,
-    get_dataset_spec,
     prompts_for,
+    spec_from_config,
 )
 from ..methods.registry import TEMPERATURE_SCALING, Kind, effective, get_method
 
@@ -79,25 +78,6 @@ class DataRef:
         descriptions, templates = prompts_for(self.spec)
         keep = range(len(descriptions)) if classes is None else classes
         return [descriptions[i] for i in keep], list(templates)
-
-
-def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
-    """A registered dataset by name, or one described by a mapping (name, modality, classes, ...)."""
-    if isinstance(entry, str):
-        return get_dataset_spec(entry)
-    entry = dict(entry)
-    if not entry.get("classes"):  # a registered dataset, optionally with other prompts
-        spec = get_dataset_spec(entry["name"])
-        if entry.get("templates") or entry.get("descriptions"):
-            spec = dataset_spec_from_config(spec.name, spec.modality, spec.classes,
-                                            templates=entry.get("templates") or spec.templates,
-                                            descriptions=entry.get("descriptions") or spec.descriptions,
-                                            task=spec.task)
-        return spec
-    return dataset_spec_from_config(name=entry["name"], modality=entry.get("modality") or "",
-                                    classes=list(entry["classes"]), templates=entry.get("templates"),
-                                    descriptions=entry.get("descriptions"),
-                                    task=entry.get("task") or "multi-class")
 
 
 def resolve_data(entry: str | Mapping[str, Any], root: str | Path | None, size: int = 28) -> DataRef:

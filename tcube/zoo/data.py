@@ -6,41 +6,53 @@ batches in torch, and what the zoo trains on is exactly what `load_pair(...).pre
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from tcube.data import DatasetSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")
 
 
 def zoo_datasets() -> tuple[str, ...]:
-    """The datasets the zoo knows: the four modalities with data here (the registry's short names)."""
+    """The built-in zoo datasets: the four modalities with data here (the registry's short names)."""
     from tcube.data import ALIASES
 
     return tuple(dict.fromkeys(ALIASES.values()))
 
 
-def canonical_dataset(name: str) -> str:
-    """Registry name of a zoo dataset (aliases accepted); ValueError for anything else."""
+def spec_of(dataset: str | DatasetSpec) -> DatasetSpec:
+    """A registered dataset by name (aliases accepted), or a spec described by a data config as is."""
     from tcube.data import get_dataset_spec
 
+    return dataset if not isinstance(dataset, str) else get_dataset_spec(dataset)
+
+
+def canonical_dataset(name: str, known: Sequence[str] | None = None) -> str:
+    """Name of a zoo dataset among `known` (default: the built-ins; aliases accepted); ValueError otherwise."""
+    from tcube.data import get_dataset_spec
+
+    known = tuple(known) if known is not None else zoo_datasets()
     try:
         canon = get_dataset_spec(name).name
     except ValueError:
-        canon = None
-    if canon not in zoo_datasets():
-        raise ValueError(f"{name!r} is not a zoo dataset; the zoo trains on {list(zoo_datasets())}")
+        canon = str(name)
+    if canon not in known:
+        raise ValueError(f"{name!r} is not a zoo dataset here; the zoo trains on {list(known)}")
     return canon
 
 
 def available_datasets(root: str | os.PathLike | None = None) -> tuple[str, ...]:
-    """Zoo datasets whose npz file is present (nothing is downloaded to answer this)."""
+    """Built-in zoo datasets whose npz file is present (nothing is downloaded to answer this)."""
     from tcube.data import npz_filename, resolve_data_root
 
     dirs = [resolve_data_root(root)]
@@ -54,6 +66,47 @@ def dataset_file(name: str, root: str | os.PathLike | None = None) -> Path:
     from tcube.data import find_npz
 
     return find_npz(name, root=root)
+
+
+def dataset_set(configured: Sequence[str | DatasetSpec] = (), root: str | os.PathLike | None = None
+                ) -> tuple[DatasetSpec, ...]:
+    """What a generalist trains on: the built-in datasets present in `root`, then every configured one.
+
+    Configured datasets come after the built-ins, sorted by name, so the same datasets give the same
+    order (and weights) whichever of them a run names first; a configured spec replaces a built-in of
+    the same name (e.g. other prompts).
+    """
+    present = available_datasets(root)
+    if not present and not configured:  # the data layer says what is missing and how to fix it (or downloads)
+        for d in zoo_datasets():
+            dataset_file(d, root)  # raises on the first missing file; downloads when online
+        present = available_datasets(root)
+    specs = {d: spec_of(d) for d in present}
+    for spec in sorted((spec_of(c) for c in configured), key=lambda s: s.name):
+        specs[spec.name] = spec
+    return tuple(specs.values())
+
+
+def describe(spec: DatasetSpec) -> dict[str, Any]:
+    """What of a dataset shapes a zoo model besides its pixels: name, modality, classes and prompts."""
+    from tcube.data import prompts_for
+
+    descriptions, templates = prompts_for(spec)
+    return {"name": spec.name, "modality": spec.modality.name, "classes": list(spec.classes),
+            "descriptions": list(descriptions), "templates": list(templates)}
+
+
+def set_key(specs: Sequence[DatasetSpec], root: str | os.PathLike | None = None) -> str | None:
+    """The zoo folder's key for a generalist's dataset set: None for the four built-ins with their registry
+    prompts (the folder zoos had before sets were keyed, so those stay valid), else a hash of every
+    dataset's description and file MD5 (another file, other classes or prompts: another generalist)."""
+    from tcube.data import file_md5
+
+    described = [describe(s) for s in specs]
+    if described == [describe(spec_of(d)) for d in zoo_datasets()]:
+        return None
+    payload = [{**d, "md5": file_md5(dataset_file(d["name"], root))} for d in described]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -77,12 +130,12 @@ class Split:
         return [t.format(d) for d in self.descriptions for t in self.templates]
 
 
-def load_split(name: str, split: str, *, root: str | os.PathLike | None = None,
+def load_split(dataset: str | DatasetSpec, split: str, *, root: str | os.PathLike | None = None,
                preprocess_cfg: dict[str, Any], classes: Sequence[int] | None = None) -> Split:
-    """`split` of dataset `name`, keeping only `classes` (original labels; None = all)."""
-    from tcube.data import get_dataset_spec, prompts_for, select_view
+    """`split` of `dataset` (a name or a spec), keeping only `classes` (original labels; None = all)."""
+    from tcube.data import prompts_for, select_view
 
-    spec = get_dataset_spec(name)
+    spec = spec_of(dataset)
     path = dataset_file(spec.name, root)
     images, labels = _preprocessed(str(path), split, json.dumps(preprocess_cfg, sort_keys=True))
     descriptions, templates = prompts_for(spec)

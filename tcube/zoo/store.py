@@ -1,7 +1,7 @@
 """Where zoo models live: names, folders, manifests, a per-zoo lock and atomic publishing.
 
-Layout: ``$TCUBE_HOME/zoo/<profile>/seed<seed>/<name>/`` (TCUBE_HOME defaults to ~/.cache/tcube),
-each an open_clip ``local-dir`` folder plus ``manifest.json``. A folder appears in one atomic
+Layout: ``$TCUBE_HOME/zoo/<profile>/seed<seed>[-<key>]/<name>/`` (TCUBE_HOME defaults to ~/.cache/tcube;
+``<key>`` names the generalist's dataset set, absent for the four built-in datasets), each an open_clip ``local-dir`` folder plus ``manifest.json``. A folder appears in one atomic
 rename once complete, so a killed training leaves no half-written model; a file lock per zoo
 folder makes concurrent callers (e.g. parallel Hydra jobs) wait instead of training twice.
 """
@@ -15,11 +15,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..io import tcube_home
-from .data import canonical_dataset, zoo_datasets
+from .data import canonical_dataset, spec_of, zoo_datasets
 from .recipe import Recipe, get_recipe
+
+if TYPE_CHECKING:
+    from tcube.data import DatasetSpec
 
 log = logging.getLogger("tcube.zoo")
 
@@ -41,24 +44,34 @@ class ModelKey:
         return f"expert-{self.dataset}" + ("-base" if self.kind == "base_expert" else "")
 
 
-def has_class_split(dataset: str) -> bool:
+def has_class_split(dataset: str | DatasetSpec) -> bool:
     """Whether a dataset has enough classes for a base-class expert (base_to_novel split=class)."""
-    from tcube.data import MIN_CLASSES_FOR_CLASS_SPLIT, get_dataset_spec
+    from tcube.data import MIN_CLASSES_FOR_CLASS_SPLIT
 
-    return get_dataset_spec(dataset).num_classes >= MIN_CLASSES_FOR_CLASS_SPLIT
+    return spec_of(dataset).num_classes >= MIN_CLASSES_FOR_CLASS_SPLIT
 
 
-def model_names(datasets: Sequence[str] | None = None) -> list[str]:
+def model_names(datasets: Sequence[str | DatasetSpec] | None = None) -> list[str]:
     """Valid zoo names: generalist, expert-<dataset>, expert-<dataset>-base (datasets with ≥ 4 classes)."""
-    ds = [canonical_dataset(d) for d in datasets] if datasets is not None else list(zoo_datasets())
-    return ([GENERALIST] + [f"expert-{d}" for d in ds]
-            + [f"expert-{d}-base" for d in ds if has_class_split(d)])
+    specs = [spec_of(d) for d in (zoo_datasets() if datasets is None else datasets)]
+    return ([GENERALIST] + [f"expert-{s.name}" for s in specs]
+            + [f"expert-{s.name}-base" for s in specs if has_class_split(s)])
 
 
-def parse_name(name: str) -> ModelKey:
-    """ModelKey of a zoo name (dataset aliases accepted: expert-retina = expert-retinamnist)."""
-    def invalid() -> ValueError:
-        return ValueError(f"unknown zoo model {name!r}; valid names: {model_names()}")
+# How to give the zoo a dataset it does not know: the same data config the evaluation reads.
+HOW_TO_ADD = ("the zoo trains an expert for every dataset the run configures: describe a new one in a data config "
+              "(conf/data/NAME.yaml, or DIR/data/NAME.yaml with --config-dir DIR: name = npz file stem, modality, "
+              "classes) and select it with data=NAME, or list it in protocol.datasets")
+
+
+def parse_name(name: str, datasets: Sequence[str | DatasetSpec] | None = None) -> ModelKey:
+    """ModelKey of a zoo name among `datasets` (default: the built-ins; aliases accepted: expert-retina =
+    expert-retinamnist); the ValueError says which names are valid and how to add a dataset."""
+    specs = {s.name: s for s in (spec_of(d) for d in (zoo_datasets() if datasets is None else datasets))}
+
+    def invalid(why: str = "") -> ValueError:
+        return ValueError(f"unknown zoo model {name!r}{why}; valid names: {model_names(list(specs.values()))}. "
+                          f"{HOW_TO_ADD}")
 
     if name == GENERALIST:
         return ModelKey(GENERALIST)
@@ -68,20 +81,19 @@ def parse_name(name: str) -> ModelKey:
     if base:
         rest = rest[:-len("-base")]
     try:
-        dataset = canonical_dataset(rest)
+        dataset = canonical_dataset(rest, list(specs))
     except ValueError:
-        raise invalid() from None
-    if base and not has_class_split(dataset):
-        raise invalid()
+        raise invalid(f" (no configured dataset {rest!r})") from None
+    if base and not has_class_split(specs[dataset]):
+        raise invalid(f" ({dataset} has {specs[dataset].num_classes} classes; base-class experts need ≥ 4)")
     return ModelKey("base_expert" if base else "expert", dataset)
 
 
-
-
-def zoo_dir(profile: str = "default", seed: int = 0) -> Path:
-    """Folder holding the zoo of one profile and seed (not created)."""
+def zoo_dir(profile: str = "default", seed: int = 0, key: str | None = None) -> Path:
+    """Folder holding the zoo of one profile, seed and generalist dataset set (`key`, None for the
+    built-in four: tcube.zoo.data.set_key); not created."""
     get_recipe(profile)  # validates the profile name
-    return tcube_home() / "zoo" / profile / f"seed{int(seed)}"
+    return tcube_home() / "zoo" / profile / (f"seed{int(seed)}" + (f"-{key}" if key else ""))
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
