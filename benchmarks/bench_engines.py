@@ -1,6 +1,7 @@
 """Engine benchmark: throughput, peak memory and exactness of every way to run T^3, in one run.
 
-    python benchmarks/bench_engines.py [--scales small,vit_b16,biomedclip] [--batch 32] [--out bench.json]
+    python benchmarks/bench_engines.py [--scales small,vit_b16,biomedclip] [--batch 32] [--large-batch 16]
+                                       [--out bench.json]
                                        [--device auto|cpu|cuda] [--precision fp32|bf16|fp16]
                                        [--stream-batches 4] [--configs all|user]
 
@@ -265,7 +266,8 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="small,vit_b16,biomedclip")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="batch size at the small scale")
+    parser.add_argument("--large-batch", type=int, default=16, help="batch size at the 224-px scales (vit_b16, biomedclip)")
     parser.add_argument("--grid-size", type=int, default=33, help="grid text heads (approximate rows) only")
     parser.add_argument("--stream-batches", type=int, default=4, help="batches fed to one Merger in streamed rows")
     parser.add_argument("--configs", default="all", choices=["all", "user"],
@@ -299,8 +301,8 @@ def main() -> None:
         _exact_rss()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for scale in args.scales.split(","):
-            rows += bench_scale(scale, args.batch, args.device, Path(tmp), args.grid_size, args.precision,
-                                args.stream_batches, args.configs)
+            rows += bench_scale(scale, args.batch if scale == "small" else args.large_batch, args.device, Path(tmp),
+                                args.grid_size, args.precision, args.stream_batches, args.configs)
     if MEMORY_PASS:
         Path(args.out).write_text(json.dumps({(r["scale"] + "|" + r["kind"] + "|" + r["config"]): r["peak_mib"] for r in rows}))
         return
@@ -310,6 +312,7 @@ def main() -> None:
         print("\nmemory pass (exact RSS, one call per config):", flush=True)
         mem_out = Path(args.out).with_suffix(".memory.json")
         subprocess.run([sys.executable, __file__, "--memory-pass", "--scales", args.scales, "--batch", str(args.batch),
+                        "--large-batch", str(args.large_batch),
                         "--grid-size", str(args.grid_size), "--out", str(mem_out), "--device", args.device,
                         "--precision", args.precision, "--stream-batches", str(args.stream_batches),
                         "--configs", args.configs]
@@ -333,7 +336,8 @@ def main() -> None:
             print(f"| {scale} | {row['kind']} | {row['config']} | {row['images_per_s']:.2f} | "
                   f"{ratio} | {row['images_per_s'] / naive:.1f} | "
                   f"{row['peak_mib']:.0f} | {'' if err is None else f'{err:.1e}'} | {lam} |")
-    Path(args.out).write_text(json.dumps({"machine": machine, "batch": args.batch, "stream_batches": args.stream_batches,
+    Path(args.out).write_text(json.dumps({"machine": machine, "batch": args.batch, "large_batch": args.large_batch,
+                                          "stream_batches": args.stream_batches,
                                           "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -24,8 +24,8 @@ def merge_and_predict(generalist: nn.Module, expert: nn.Module, images: torch.Te
     a `tcube.Merger` once: it caches heads and merged weights.
 
     `text_heads`: "adaptive" (default; per-sample heads from piecewise Chebyshev interpolation in λ
-    whose error is measured against exact encodes and kept ≤ 2e-5 in logits, within the engines'
-    1e-4 contract), "exact" (one text encode per distinct λ, the reference) or "grid"
+    whose error is measured against exact encodes on these images and kept ≤ 5e-5 in logits, within
+    the engines' 1e-4 contract), "exact" (one text encode per distinct λ, the reference) or "grid"
     (**approximate**, opt-in: linear interpolation on a fixed λ grid, error not bounded by 1e-4).
     """
     if tokenizer is None:
