@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..data.corruptions import severity_param
 from ..data.files import find_npz
 from ..data.registry import (
     DatasetSpec,
@@ -86,18 +87,18 @@ def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
     if isinstance(entry, str):
         return get_dataset_spec(entry)
     entry = dict(entry)
-    if not entry.get("classes"):  # a registered dataset, optionally with other prompts
+    if not entry.get("classes"):  # a registered dataset, optionally with other prompts or corruption list
         spec = get_dataset_spec(entry["name"])
-        if entry.get("templates") or entry.get("descriptions"):
+        if entry.get("templates") or entry.get("descriptions") or entry.get("corruptions"):
             spec = dataset_spec_from_config(spec.name, spec.modality, spec.classes,
                                             templates=entry.get("templates") or spec.templates,
                                             descriptions=entry.get("descriptions") or spec.descriptions,
-                                            task=spec.task)
+                                            task=spec.task, corruptions=entry.get("corruptions"))
         return spec
     return dataset_spec_from_config(name=entry["name"], modality=entry.get("modality") or "",
                                     classes=list(entry["classes"]), templates=entry.get("templates"),
                                     descriptions=entry.get("descriptions"),
-                                    task=entry.get("task") or "multi-class")
+                                    task=entry.get("task") or "multi-class", corruptions=entry.get("corruptions"))
 
 
 def resolve_data(entry: str | Mapping[str, Any], root: str | Path | None, size: int = 28) -> DataRef:
@@ -121,12 +122,19 @@ class EvalSet:
     role: str | None = None       # base_to_novel: base | novel
     expert: str = "expert"        # the model.* key naming this set's expert (expert | expert_base)
     limit: int | None = None      # the protocol's own cap on test images (the run-wide `limit` also applies)
+    reading: str | None = None    # corruption protocol: the size its images are at ("224" | "native"), clean too
 
     def describe(self) -> dict[str, Any]:
-        """The row fields that say which view this is."""
-        return {"protocol": self.protocol, "split": self.split, "role": self.role,
-                "modality": self.data.spec.modality.name, "dataset": self.data.name, "subset": self.subset,
-                "corruption": self.corruption, "severity": self.severity}
+        """The row fields that say which view this is (the corruption protocol's also name the reading, and
+        a corrupted view its parameter)."""
+        out = {"protocol": self.protocol, "split": self.split, "role": self.role,
+               "modality": self.data.spec.modality.name, "dataset": self.data.name, "subset": self.subset,
+               "corruption": self.corruption, "severity": self.severity}
+        if self.reading:
+            out["corruption_reading"] = self.reading
+        if self.corruption:
+            out["corruption_param"] = severity_param(self.corruption, self.severity, self.data.spec)
+        return out
 
     def prompt_hash(self) -> str:
         descriptions, templates = self.data.prompts(self.classes)
