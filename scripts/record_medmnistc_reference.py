@@ -68,7 +68,6 @@ def _literal(node: ast.AST):
 
 def main() -> None:
     import medmnistc
-
     from medmnistc.corruptions.compression import JPEGCompression, Pixelate
     from medmnistc.corruptions.enhance import Brightness, Contrast, GammaCorrection
     from medmnistc.corruptions.microscopy import BlackCorner

@@ -25,7 +25,6 @@ from tcube.data.corruptions import (
 )
 
 
-
 def scene(size: int, rgb: bool) -> np.ndarray:
     """A real-looking test image: smooth gradient plus a bright disc with a soft shading."""
     yy, xx = np.mgrid[:size, :size] / (size - 1)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from eval_support import SYNTH2, SYNTH4, compose, write_npz
+from PIL import Image
 
 from tcube.harness.cache import LogitCache, cache_key, model_fingerprint
 from tcube.io import write_text_atomic
