@@ -12,14 +12,17 @@ from tcube.data.corruptions import (
     CORRUPTIONS,
     FAMILIES,
     MEDMNISTC_PARAMS,
+    READINGS,
+    _correlate,
+    _disk,
     _motion_kernel,
+    check_reading,
     corrupt,
     corruptions_for,
     medmnistc_reference,
     severity_param,
+    to_224,
 )
-
-SIZES = (28, 224)
 
 
 def scene(size: int, rgb: bool) -> np.ndarray:
@@ -36,15 +39,17 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
 
-def strength(img, name, severity, dataset=None, n_random=8, first=None) -> float:
-    """Mean abs distance from the clean image; averaged over images for random corruptions.
+def strength(img, name, severity, dataset=None, n_random=8, first=None, reading="native") -> float:
+    """Mean abs distance from the clean image (at the corrupted size); averaged over images for random ones.
 
     ``first`` is an already computed output for index 0 (saves one call).
     """
     n = n_random if CORRUPTIONS[name].random else 1
     outs = [first] if first is not None else []
-    outs += [corrupt(img, name, severity, seed=0, index=i, dataset=dataset) for i in range(len(outs), n)]
-    return float(np.mean([distance(o, img) for o in outs]))
+    outs += [corrupt(img, name, severity, seed=0, index=i, dataset=dataset, reading=reading)
+             for i in range(len(outs), n)]
+    clean = to_224(img) if reading == "224" else img
+    return float(np.mean([distance(o, clean) for o in outs]))
 
 
 def monotone(values) -> bool:
@@ -103,33 +108,43 @@ def test_dataset_params_are_medmnistc_values():
 
 def test_dataset_params_change_the_result():
     img = scene(28, rgb=False)
-    a = corrupt(img, "pixelate", 1, seed=0, index=0, dataset="breastmnist")  # factor 0.30
-    b = corrupt(img, "pixelate", 1, seed=0, index=0)  # factor 0.7
+    a = corrupt(img, "pixelate", 1, seed=0, index=0, dataset="breastmnist", reading="native")  # factor 0.30
+    b = corrupt(img, "pixelate", 1, seed=0, index=0, reading="native")  # factor 0.7
     assert distance(a, img) > distance(b, img)
 
 
 # ----------------------------------------------------------------------------- per corruption
 
 
+# (file size, reading): the 224 reading of a 224-px file is the native one, so three cases cover both
+CASES = [(28, "native"), (224, "native"), (28, "224")]
+
+
 @pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size,reading", CASES, ids=[f"{s}px-{r}" for s, r in CASES])
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_corruption_contract(name, size, rgb):
+def test_corruption_contract(name, size, reading, rgb):
     img = scene(size, rgb)
     c = CORRUPTIONS[name]
-    # severity 0 is the identity (and a copy)
-    out0 = corrupt(img, name, 0, seed=0, index=0)
+    # severity 0 is the identity (and a copy), in either reading
+    out0 = corrupt(img, name, 0, seed=0, index=0, reading=reading)
     assert np.array_equal(out0, img) and out0 is not img
+    shape = img.shape if reading == "native" else (224, 224) + img.shape[2:]
     strengths = [0.0]
     for sev in range(1, 6):
-        out = corrupt(img, name, sev, seed=0, index=0)
-        assert out.shape == img.shape and out.dtype == np.uint8
-        assert np.array_equal(out, corrupt(img, name, sev, seed=0, index=0)), "not deterministic"
-        if c.random:
-            other = corrupt(img, name, sev, seed=0, index=1)
-            assert not np.array_equal(out, other), "different images must get different draws"
-            assert not np.array_equal(out, corrupt(img, name, sev, seed=1, index=0)), "seed ignored"
-        strengths.append(strength(img, name, sev, first=out))
+        out = corrupt(img, name, sev, seed=0, index=0, reading=reading)
+        assert out.shape == shape and out.dtype == np.uint8
+        assert np.array_equal(out, corrupt(img, name, sev, seed=0, index=0, reading=reading)), "not deterministic"
+        if c.random:  # several draws: at 28 px a motion kernel of a few taps is the same for nearby angles
+            others = [corrupt(img, name, sev, seed=0, index=i, reading=reading) for i in (1, 2, 3)]
+            assert any(not np.array_equal(out, o) for o in others), "different images must get different draws"
+            seeds = [corrupt(img, name, sev, seed=s, index=0, reading=reading) for s in (1, 2, 3)]
+            assert any(not np.array_equal(out, o) for o in seeds), "seed ignored"
+        strengths.append(strength(img, name, sev, first=out, reading=reading))
+    if (name, size, reading) == ("gaussian_blur", 28, "native"):
+        # MedMNIST-C's Gaussian blurs (σ ≤ 2.6 px at 224) scale to σ ≤ 0.33 px: no visible change at 28 px
+        assert strengths[5] < 0.5
+        return
     assert strengths[5] > 0.0, "severity 5 left the image unchanged"
     if name == "black_corner":
         # MedMNIST-C's own parameters (1.10, 1.05, 1.00, 0.90, 0.95) make severity 5 milder than 4.
@@ -141,19 +156,20 @@ def test_corruption_contract(name, size, rgb):
 
 @pytest.mark.parametrize("dataset,rgb", [("retinamnist", True), ("pneumoniamnist", False),
                                          ("breastmnist", False), ("ph2", True)])
-def test_dataset_lists_are_monotone_at_28px(dataset, rgb):
+@pytest.mark.parametrize("reading", READINGS)
+def test_dataset_lists_are_monotone_at_28px(dataset, rgb, reading):
     img = scene(28, rgb)
     for name in corruptions_for(dataset):
-        s = [strength(img, name, sev, dataset=dataset, n_random=12) for sev in range(1, 6)]
+        s = [strength(img, name, sev, dataset=dataset, n_random=12, reading=reading) for sev in range(1, 6)]
         if name == "black_corner":
             s = s[:4]
         assert monotone(s), (name, s)
-        assert s[-1] > 0
+        assert s[-1] > 0 or (name, reading) == ("gaussian_blur", "native")  # sub-pixel at 28 px, as above
 
 
 def test_gray_follows_medmnistc_pipeline():
     """Gray images go RGB -> corrupt -> 'L', like medmnistc/dataset_manager.py."""
-    img = scene(28, rgb=False)
+    img = scene(224, rgb=False)
     ours = corrupt(img, "contrast_down", 3, seed=0, index=0, dataset="pneumoniamnist")
     pil = Image.fromarray(img).convert("RGB")
     ref = np.asarray(Image.fromarray(np.asarray(ImageEnhance.Contrast(pil).enhance(0.7))).convert("L"))
@@ -199,17 +215,34 @@ def test_motion_kernel_matches_imagemagick_port_at_224():
         dy = -math.ceil(i * point[0] / hyp - 0.5)
         dx = -math.ceil(i * point[1] / hyp - 0.5)
         ref += k[i] * _shift_edge(x, dx, dy)
-    from tcube.data.corruptions import _correlate
-
-    ours = _correlate(x, _motion_kernel(radius, sigma, angle, 1.0), "edge")
+    ours = _correlate(x, _motion_kernel(radius, sigma, angle), "edge")
     assert np.abs(ours - ref).max() < 1e-9
 
 
-def test_spatial_scale_is_applied():
+def test_readings_resize_and_scale_as_stated():
     img = scene(28, rgb=False)
-    native = corrupt(img, "defocus_blur", 5, seed=0, index=0)  # radius 8 px at 224 -> 1 px here
-    at_224 = corrupt(img, "defocus_blur", 5, seed=0, index=0, scale=1.0)  # radius 8 px at 28 px
-    assert distance(at_224, img) > 2 * distance(native, img) > 0
+    # 224: bicubic to 224 px, then MedMNIST-C's own operation there (s = 1)
+    up = to_224(img)
+    assert up.shape == (224, 224)
+    assert np.array_equal(up, np.asarray(Image.fromarray(img).resize((224, 224), Image.BICUBIC)))
+    assert np.array_equal(corrupt(img, "defocus_blur", 5, seed=0, index=0, reading="224"),
+                          corrupt(up, "defocus_blur", 5, seed=0, index=0, reading="native"))
+    # native: spatial parameters x 28/224 (radius 8 -> 1 px), scale-free ones unchanged
+    native = corrupt(img, "defocus_blur", 5, seed=0, index=0, reading="native")  # dermamnist's (8, 0.5)
+    x = np.repeat(img[..., None], 3, axis=2).astype(np.float64) / 255
+    ref = np.rint(np.clip(_correlate(x, _disk(1.0, 0.5 / 8), "reflect"), 0, 1) @ [0.299, 0.587, 0.114] * 255)
+    assert distance(native, img) > 0 and np.abs(native.astype(int) - ref).max() <= 1
+    ours = corrupt(img, "contrast_down", 3, seed=0, index=0, dataset="pneumoniamnist", reading="native")
+    pil = Image.fromarray(img).convert("RGB")
+    assert np.abs(ours.astype(int) - np.asarray(ImageEnhance.Contrast(pil).enhance(0.7).convert("L"))).max() <= 1
+
+
+def test_reading_is_checked():
+    assert check_reading(224) == "224" and check_reading("native") == "native"
+    with pytest.raises(ValueError, match=r"protocol.reading must be one of \['224', 'native'\]"):
+        check_reading("mixed")
+    with pytest.raises(ValueError, match="protocol.reading"):
+        corrupt(scene(28, True), "pixelate", 1, seed=0, index=0, reading="28")
 
 
 def test_global_rng_untouched():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from eval_support import SYNTH2, SYNTH4, compose, write_npz
+from PIL import Image
 
 from tcube.harness.cache import LogitCache, cache_key, model_fingerprint
 from tcube.io import write_text_atomic
@@ -158,20 +159,48 @@ def test_corruption_plan_and_cell_keys(data_root):
     assert not ({c.key for c in plan.cells} >= {c.key for c in swept.cells if c.variant.method == "wise_ft"})
 
 
-def test_corruption_is_applied_at_native_size_and_seeded_per_image(data_root):
+def test_corruption_rows_name_their_reading_and_keys_follow_it(data_root):
+    from tcube.harness.evaluate import build_plan
+
+    default = build_plan(_settings(data_root, SYNTH2, ["protocol=corruption", "method=wise_ft"]))
+    native = build_plan(_settings(data_root, SYNTH2, ["protocol=corruption", "method=wise_ft",
+                                                      "protocol.reading=native"]))
+    assert {c.identity["corruption_reading"] for c in default.cells} == {"224"}  # clean cells included
+    assert {c.identity["corruption_reading"] for c in native.cells} == {"native"}
+    assert not {c.key for c in default.cells} & {c.key for c in native.cells}  # a reading is its own cell
+    noisy = next(c for c in default.cells if c.eval_set.corruption == "gaussian_noise" and c.eval_set.severity == 2)
+    assert noisy.identity["corruption_param"] == 0.08  # retinamnist's list, in the row
+    in_domain = build_plan(_settings(data_root, SYNTH2, ["protocol=in_domain", "method=wise_ft"]))
+    assert all("corruption_reading" not in c.identity for c in in_domain.cells)
+
+
+@pytest.mark.parametrize("value", ["28", "mixed", "Native"])
+def test_protocol_reading_is_validated(data_root, value):
+    with pytest.raises(ValueError, match=r"protocol.reading must be one of \['224', 'native'\]"):
+        _settings(data_root, SYNTH2, ["protocol=corruption", f"protocol.reading={value}"])
+
+
+@pytest.mark.parametrize("reading,size", [("native", 28), ("224", 224)])
+def test_corruption_is_applied_in_its_reading_and_seeded_per_image(data_root, reading, size):
+    from tcube.data.corruptions import to_224
     from tcube.harness.runner import CellRunner
     from tcube.protocols import resolve_data
 
     data = resolve_data(dict(SYNTH4, modality="chest_xray"), data_root)
     as_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # noqa: E731
     runner = CellRunner(lambda role: None, cache=LogitCache(enabled=False), engine="fused", seed=3)
-    full, _ = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
+    full, _ = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3, reading=reading)
     runner.views.limit = 4
-    part, labels = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3)
+    part, labels = runner.views.load_view(data, "test", None, as_tensor, "gaussian_noise", 3, reading=reading)
     idx = np.sort(np.random.default_rng(3).choice(8, size=4, replace=False))
-    assert torch.equal(part, full[idx]) and full.shape[-1] == 28  # same image, same noise, whatever the subset
-    clean, _ = runner.views.load_view(data, "test", None, as_tensor)
-    assert not torch.equal(part, clean)
+    assert torch.equal(part, full[idx]) and full.shape[-1] == size  # same image, same noise, whatever the subset
+    clean, _ = runner.views.load_view(data, "test", None, as_tensor, reading=reading)
+    assert not torch.equal(part, clean) and clean.shape[-1] == size  # the protocol's clean set: same reading
+    from tcube.data.npz import load_npz_split
+
+    first = load_npz_split(data.path, "test")[0][idx[0]]
+    first = to_224(first) if reading == "224" else first
+    assert torch.equal(clean[0], as_tensor(Image.fromarray(first).convert("RGB")))
     assert labels.tolist() == (idx % 4).tolist()
     base, y = runner.views.load_view(data, "test", (2, 3), as_tensor)
     assert set(y.tolist()) <= {0, 1}  # a class subset is its own label space

@@ -140,3 +140,14 @@ def test_seed_runs_aggregate_per_expert_and_dare_seed_does_not_split_them(tmp_pa
         assert cell["values"] == pytest.approx(per_run) and cell["std"] == pytest.approx(np.std(per_run, ddof=1))
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "## Per expert modality" in report and all(f"### {e}" in report for e in EXPERTS)
+
+
+def test_corruption_section_states_the_reading_and_old_rows_read_as_legacy(multi):
+    rows, summary, report = multi  # synthetic rows without corruption_reading: written before readings existed
+    assert "Corruption reading legacy mixed (rows without corruption_reading" in report
+    tagged = [dict(r, corruption_reading="224") if r["protocol"] == "corruption" else r for r in rows]
+    assert "Corruption reading 224 (MedMNIST-C's definition" in render_report(summary, tagged, {"data": "all"})
+    from tcube.reporting.readings import reading_header
+
+    mixed = [{"protocol": "corruption", "corruption_reading": "native"}, {"protocol": "corruption"}]
+    assert reading_header(mixed).startswith("MIXED readings") and "native (every operation" in reading_header(mixed)

@@ -16,18 +16,15 @@ Randomness: every draw comes from ``np.random.default_rng([seed, index, crc32(na
 so a corrupted test set is reproducible image by image and independent of order or batching;
 the global RNG is never used.
 
-Image size. MedMNIST-C was designed for 224 px images. Spatial parameters (blur radii, motion
-length, bubble/ink/text sizes and margins) are in 224-px units and scaled by
-``s = min(H, W) / 224``:
-  - s < 1 (e.g. 28 px, s = 1/8): the kernel is built exactly as MedMNIST-C builds it at 224 px and
-    its taps are moved to ``position * s`` on the coarse grid with bilinear splatting (sum kept);
-    masks (bubbles, ink, characters) are drawn on a supersampled canvas and box-averaged. This
-    approximates "corrupt at 224 px, then downsample", so very small blurs nearly vanish at 28 px.
-  - s ≥ 1: kernels are rebuilt with parameters multiplied by s (exact MedMNIST-C kernels at s = 1).
-Ratios (pixelate factor, zoom factors, black-corner radius) and per-pixel intensity/noise
-parameters are scale-free and used unchanged. JPEG quality cannot be rescaled (its 8×8 blocks
-cover a larger part of a small image). To reproduce MedMNIST-C's protocol, resize to 224 px first
-and corrupt at 224 px.
+Image size: one of two readings, chosen per run (``protocol.reading``):
+  - ``"224"`` (default, MedMNIST-C's definition): the uint8 image is resized to 224 px (short side, PIL
+    bicubic, as MedMNIST+ and open_clip resample), corrupted there with MedMNIST-C's own parameters
+    (s = 1), and returned at 224 px; the model's preprocessing then resizes it to its input.
+  - ``"native"``: every operation at the file's own size; scale-free parameters (ratios, intensities,
+    noise levels, JPEG quality) unchanged, spatial ones (blur radii, motion length, bubble/ink/text sizes
+    and margins) multiplied by ``s = min(H, W) / 224``.
+For a 224-px file both readings are the same operation. docs/results/corruption_readings.md measures
+how far apart they are at 28 px.
 """
 
 from __future__ import annotations
@@ -52,20 +49,21 @@ __all__ = [
     "medmnistc_reference",
     "severity_param",
     "corrupt",
+    "check_reading",
+    "corruption_params",
+    "to_224",
+    "READINGS",
+    "DEFAULT_READING",
 ]
 
 DESIGN_SIZE = 224
 N_SEVERITIES = 5
+READINGS = ("224", "native")
+# MedMNIST-C's definition, so corrupted scores compare with published MedMNIST-C numbers.
+DEFAULT_READING = "224"
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 # --------------------------------------------------------------------------- geometry helpers
-
-
-def _scale_of(shape: tuple[int, ...], scale: float | None) -> float:
-    s = min(shape[0], shape[1]) / DESIGN_SIZE if scale is None else float(scale)
-    if not s > 0:
-        raise ValueError(f"scale must be > 0, got {s}")
-    return s
 
 
 def _splat(ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -78,13 +76,6 @@ def _splat(ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> np.ndarray:
         for dx, wx in ((0, 1 - fx), (1, fx)):
             np.add.at(k, (y0 + dy + r, x0 + dx + r), w * wy * wx)
     return k
-
-
-def _kernel_to_scale(k224: np.ndarray, s: float) -> np.ndarray:
-    """Resample a kernel designed on the 224-px grid onto a grid ``s`` times as fine (s < 1)."""
-    cy, cx = (k224.shape[0] - 1) / 2, (k224.shape[1] - 1) / 2
-    ys, xs = np.nonzero(k224)
-    return _splat((ys - cy) * s, (xs - cx) * s, k224[ys, xs])
 
 
 def _correlate(x: np.ndarray, k: np.ndarray, mode: str) -> np.ndarray:
@@ -101,18 +92,6 @@ def _correlate(x: np.ndarray, k: np.ndarray, mode: str) -> np.ndarray:
             out += k[i, j] * xp[i:i + h, j:j + w]
         return out
     return fftconvolve(xp, k[::-1, ::-1, None], mode="valid", axes=(0, 1))
-
-
-def _canvas_factor(s: float) -> int:
-    """Integer supersampling factor so masks are drawn at about MedMNIST-C's 224-px resolution."""
-    return max(1, int(round(1.0 / s))) if s < 1 else 1
-
-
-def _downsample_mask(m: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
-        return m
-    h, w = m.shape[0] // f, m.shape[1] // f
-    return m.reshape(h, f, w, f).mean(axis=(1, 3))
 
 
 def _pil(x: np.ndarray) -> Image.Image:
@@ -192,11 +171,10 @@ def _disk(radius: float, alias_blur: float) -> np.ndarray:
 
 def _defocus_blur(x, param, rng, s, severity):
     radius, alias = param
-    k = _kernel_to_scale(_disk(radius, alias), s) if s < 1 else _disk(radius * s, alias * s)
-    return _correlate(x, k, "reflect")  # cv2.filter2D default border = reflect-101
+    return _correlate(x, _disk(radius * s, alias * s), "reflect")  # cv2.filter2D default border = reflect-101
 
 
-def _motion_kernel(radius: float, sigma: float, angle_deg: float, s: float) -> np.ndarray:
+def _motion_kernel(radius: float, sigma: float, angle_deg: float) -> np.ndarray:
     """ImageMagick MotionBlurImage kernel (one-sided half-Gaussian along ``angle``), as taps."""
     width = int(2 * math.ceil(radius) + 1)  # GetOptimalKernelWidth1D
     i = np.arange(width)
@@ -207,19 +185,13 @@ def _motion_kernel(radius: float, sigma: float, angle_deg: float, s: float) -> n
     hyp = math.hypot(py, px)
     dx = np.ceil(i * px / hyp - 0.5)
     dy = np.ceil(i * py / hyp - 0.5)
-    if s < 1:
-        return _splat(dy * s, dx * s, w)
-    return _splat(dy, dx, w)
+    return _splat(dy, dx, w)  # integer offsets: exact taps
 
 
 def _motion_blur(x, param, rng, s, severity):
     radius, sigma = param
     angle = rng.uniform(-45, 45)
-    if s < 1:
-        k = _motion_kernel(radius, sigma, angle, s)
-    else:
-        k = _motion_kernel(radius * s, sigma * s, angle, 1.0)
-    return _correlate(x, k, "edge")  # ImageMagick's default virtual pixels repeat the edge
+    return _correlate(x, _motion_kernel(radius * s, sigma * s, angle), "edge")  # ImageMagick's default virtual pixels repeat the edge
 
 
 def _clipped_zoom(x: np.ndarray, z: float) -> np.ndarray:
@@ -247,13 +219,8 @@ def _gaussian_blur(x, ksize, rng, s, severity):
     from scipy.ndimage import correlate1d
 
     sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8  # torchvision's default sigma for a kernel size
-    if s < 1:
-        t = np.arange(ksize) - (ksize - 1) / 2
-        k2 = _splat(np.zeros(ksize), t * s, _gauss1d(ksize, sigma))
-        g = k2[k2.shape[0] // 2]
-    else:
-        half = int(math.ceil((ksize - 1) / 2 * s))
-        g = _gauss1d(2 * half + 1, sigma * s)
+    half = int(math.ceil((ksize - 1) / 2 * s))  # s = 1: MedMNIST-C's own kernel size
+    g = _gauss1d(2 * half + 1, sigma * s)
     # torchvision pads with 'reflect' (reflect-101) = scipy 'mirror'
     return correlate1d(correlate1d(x, g, axis=0, mode="mirror"), g, axis=1, mode="mirror")
 
@@ -306,9 +273,8 @@ def _stain_deposit(x, max_marks, rng, s, severity):
     # procedural ink blots instead: irregular star-convex polygons darkening the image to black.
     # Their size set follows MedMNIST-C's indexing quirk: set "3" for severities 1-4, "4" for 5.
     h, w = x.shape[:2]
-    f = _canvas_factor(s)
-    u = s * f  # canvas pixels per 224-px unit
-    canvas = Image.new("L", (w * f, h * f), 0)
+    u = s  # pixels per 224-px unit
+    canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     size_lo, size_hi = (20, 40) if severity < 5 else (30, 60)
     n = _randint(rng, 1, max_marks) if max_marks > 1 else max_marks
@@ -324,7 +290,7 @@ def _stain_deposit(x, max_marks, rng, s, severity):
         r = d / 2 * radial
         pts = [((cx + ri * math.cos(t)) * u, (cy + ri * math.sin(t)) * u) for ri, t in zip(r, theta)]
         draw.polygon(pts, fill=255)
-    ink = _downsample_mask(np.asarray(canvas, dtype=np.float64) / 255.0, f)
+    ink = np.asarray(canvas, dtype=np.float64) / 255.0
     return x * (1.0 - ink[..., None])
 
 
@@ -332,9 +298,8 @@ def _bubble(x, param, rng, s, severity):
     # Semi-transparent white bubbles: ring alpha 130, inside 100, later bubbles overwrite earlier.
     max_radius, max_bubbles = param
     h, w = x.shape[:2]
-    f = _canvas_factor(s)
-    u = s * f
-    alpha = Image.new("L", (w * f, h * f), 0)
+    u = s
+    alpha = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(alpha)
     border = 2
     w224, h224 = w / s, h / s
@@ -345,7 +310,7 @@ def _bubble(x, param, rng, s, severity):
         draw.ellipse([(bx - r - border) * u, (by - r - border) * u, (bx + r + border) * u, (by + r + border) * u],
                      fill=130)
         draw.ellipse([(bx - r) * u, (by - r) * u, (bx + r) * u, (by + r) * u], fill=100)
-    a = _downsample_mask(np.asarray(alpha, dtype=np.float64) / 255.0, f)[..., None]
+    a = (np.asarray(alpha, dtype=np.float64) / 255.0)[..., None]
     return x * (1.0 - a) + a
 
 
@@ -356,11 +321,10 @@ _HERSHEY_PX_PER_SCALE = 22.0 / 0.72
 
 def _characters(x, param, rng, s, severity):
     # Random lowercase words in random colours (cv2.putText HERSHEY_DUPLEX in MedMNIST-C; here
-    # Pillow's bundled font, antialiased by supersampling).
+    # Pillow's bundled font, antialiased).
     max_words, max_letters, max_font_scale = param
     h, w = x.shape[:2]
-    f = _canvas_factor(s)
-    u = s * f
+    u = s
     w224, h224 = w / s, h / s
     out = x
     for _ in range(_randint(rng, 1, max_words)):
@@ -370,10 +334,10 @@ def _characters(x, param, rng, s, severity):
         ox = _randint(rng, 10, int(w224) - 8 * n_letters)
         oy = _randint(rng, 10, int(h224) - 10)
         color = rng.integers(0, 256, size=3) / 255.0
-        canvas = Image.new("L", (w * f, h * f), 0)
+        canvas = Image.new("L", (w, h), 0)
         font = ImageFont.load_default(size=max(1.0, font_scale * _HERSHEY_PX_PER_SCALE * u))
         ImageDraw.Draw(canvas).text((ox * u, oy * u), text, fill=255, font=font, anchor="ls")
-        m = _downsample_mask(np.asarray(canvas, dtype=np.float64) / 255.0, f)[..., None]
+        m = (np.asarray(canvas, dtype=np.float64) / 255.0)[..., None]
         out = out * (1.0 - m) + color * m
     return out
 
@@ -590,20 +554,36 @@ _MODALITY_REFERENCE = {
 }
 
 
+def _how_to_name_a_list() -> str:
+    return ("give its data config a corruption list: `corruptions: pneumoniamnist` borrows that MedMNIST-C "
+            f"dataset's list (one of {sorted(MEDMNISTC_PARAMS)}), or `corruptions: {{gaussian_noise: "
+            "[0.04, 0.05, 0.06, 0.07, 0.08]}` names corruptions and their 5 severity parameters "
+            "(command line: data.corruptions=pneumoniamnist)")
+
+
+def _spec(dataset: Any):
+    from .registry import DatasetSpec, get_dataset_spec
+
+    return dataset if isinstance(dataset, DatasetSpec) else get_dataset_spec(str(dataset).strip().lower())
+
+
 def medmnistc_reference(dataset: Any) -> str:
     """The MedMNIST-C dataset whose corruption list and parameters apply to ``dataset``.
 
-    ``dataset`` is a name/alias or a :class:`~tcube.data.registry.DatasetSpec`; datasets outside
-    MedMNIST-C (e.g. ph2) map through their modality (dermoscopy -> dermamnist).
+    ``dataset`` is a name/alias or a :class:`~tcube.data.registry.DatasetSpec`. In order: the list its data
+    config borrows (``corruptions: <MedMNIST-C dataset>``), its own name, its modality's (ph2 -> dermamnist).
     """
-    from .registry import DatasetSpec, get_dataset_spec
-
-    spec = dataset if isinstance(dataset, DatasetSpec) else None
-    if spec is None:
-        key = str(dataset).strip().lower()
-        if key in MEDMNISTC_PARAMS:
-            return key
-        spec = get_dataset_spec(key)
+    if isinstance(dataset, str) and dataset.strip().lower() in MEDMNISTC_PARAMS:
+        return dataset.strip().lower()
+    spec = _spec(dataset)
+    own = spec.corruptions
+    if isinstance(own, str):
+        if own.strip().lower() not in MEDMNISTC_PARAMS:
+            raise ValueError(f"dataset {spec.name!r}: data.corruptions={own!r} is not a MedMNIST-C dataset; "
+                             + _how_to_name_a_list())
+        return own.strip().lower()
+    if own is not None:
+        raise ValueError(f"dataset {spec.name!r} lists its own corruptions, not a MedMNIST-C dataset's")
     if spec.name in MEDMNISTC_PARAMS:
         return spec.name
     try:
@@ -611,13 +591,37 @@ def medmnistc_reference(dataset: Any) -> str:
     except KeyError:
         raise ValueError(
             f"dataset {spec.name!r} has modality {spec.modality.name!r}, which has no MedMNIST-C corruption "
-            f"list; known modalities: {sorted(_MODALITY_REFERENCE)}"
+            f"list (known modalities: {sorted(_MODALITY_REFERENCE)}); " + _how_to_name_a_list()
         ) from None
 
 
+def _own_table(name: str, table: Mapping[str, Any]) -> Mapping[str, tuple]:
+    """A data config's own corruption list, checked: known corruptions, five severity parameters each."""
+    out = {}
+    for corruption, params in table.items():
+        _get(corruption)
+        params = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in params)
+        if len(params) != N_SEVERITIES:
+            raise ValueError(f"dataset {name!r}: data.corruptions.{corruption} needs {N_SEVERITIES} severity "
+                             f"parameters, got {list(params)} (MedMNIST-C's defaults: {list(CORRUPTIONS[corruption].params)})")
+        out[corruption] = params
+    if not out:
+        raise ValueError(f"dataset {name!r}: data.corruptions is empty; " + _how_to_name_a_list())
+    return out
+
+
+def corruption_params(dataset: Any) -> Mapping[str, tuple]:
+    """Corruption name -> its 5 severity parameters for ``dataset``, in list order."""
+    if not isinstance(dataset, str):
+        own = _spec(dataset).corruptions
+        if own is not None and not isinstance(own, str):
+            return _own_table(dataset.name, own)
+    return MEDMNISTC_PARAMS[medmnistc_reference(dataset)]
+
+
 def corruptions_for(dataset: Any) -> list[str]:
-    """MedMNIST-C's corruption names for ``dataset``, in MedMNIST-C's order."""
-    return list(MEDMNISTC_PARAMS[medmnistc_reference(dataset)])
+    """The corruption names for ``dataset`` (MedMNIST-C's list, or its data config's), in list order."""
+    return list(corruption_params(dataset))
 
 
 def _get(name: str) -> Corruption:
@@ -634,11 +638,10 @@ def severity_param(name: str, severity: int, dataset: Any = None):
         raise ValueError(f"severity must be an integer in 1..{N_SEVERITIES} here, got {severity!r}")
     if dataset is None:
         return c.params[severity - 1]
-    ref = medmnistc_reference(dataset)
-    table = MEDMNISTC_PARAMS[ref]
+    table = corruption_params(dataset)
     if name not in table:
-        raise ValueError(f"MedMNIST-C does not apply {name!r} to {ref} (used for {dataset!r}); "
-                         f"its corruptions are {list(table)}")
+        raise ValueError(f"{name!r} does not apply to {getattr(dataset, 'name', dataset)!r}: its corruption list "
+                         f"is {list(table)}")
     return table[name][severity - 1]
 
 
@@ -649,16 +652,41 @@ def _rng(seed: int, index: int, name: str, severity: int) -> np.random.Generator
     return np.random.default_rng([int(seed), int(index), zlib.crc32(name.encode()), int(severity)])
 
 
-def corrupt(image: np.ndarray, name: str, severity: int, *, seed: int, index: int,
-            dataset: Any = None, scale: float | None = None) -> np.ndarray:
-    """Corrupt one uint8 image (H, W) or (H, W, 3); returns uint8 of the same shape.
+def check_reading(reading: Any) -> str:
+    """The reading as its canonical string; `224` given as an int (Hydra parses it so) is accepted."""
+    value = str(reading)
+    if value not in READINGS:
+        raise ValueError(f"protocol.reading must be one of {list(READINGS)}, got {reading!r} (e.g. protocol.reading=224 "
+                         "for MedMNIST-C's definition, or protocol.reading=native for the file's own size)")
+    return value
 
-    ``severity`` 0 returns an unchanged copy; 1..5 use MedMNIST-C's parameters for ``dataset``
-    (name, alias or spec; ph2 -> dermamnist), or the corruption's defaults when ``dataset`` is None.
-    ``seed``/``index`` make the result deterministic per image. ``scale`` overrides
-    ``min(H, W) / 224`` (e.g. ``scale=1`` applies 224-px parameters to any size).
+
+def to_224(img: np.ndarray) -> np.ndarray:
+    """The uint8 image with its short side resized to 224 px by PIL bicubic (square files: 224 x 224)."""
+    h, w = img.shape[:2]
+    f = DESIGN_SIZE / min(h, w)
+    size = (max(DESIGN_SIZE, round(w * f)), max(DESIGN_SIZE, round(h * f)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+
+
+def _working_image(img: np.ndarray, reading: str) -> tuple[np.ndarray, float]:
+    """(image to corrupt, s = pixels per 224-px unit) of a reading: one path each, nothing mixed."""
+    if reading == "224":
+        return to_224(img), 1.0  # MedMNIST-C's own kernels and sizes
+    return img, min(img.shape[:2]) / DESIGN_SIZE
+
+
+def corrupt(image: np.ndarray, name: str, severity: int, *, seed: int, index: int,
+            dataset: Any = None, reading: str = DEFAULT_READING) -> np.ndarray:
+    """Corrupt one uint8 image (H, W) or (H, W, 3); returns uint8, gray or RGB as given.
+
+    ``reading="224"`` returns the corrupted image at 224 px (short side); ``"native"`` at the input's size
+    (see the module docstring). ``severity`` 0 returns an unchanged copy of the input; 1..5 use MedMNIST-C's
+    parameters for ``dataset`` (name, alias or spec; see :func:`corruption_params`), or the corruption's
+    defaults when ``dataset`` is None. ``seed``/``index`` make the result deterministic per image.
     """
     c = _get(name)
+    reading = check_reading(reading)
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (0..255), got {img.dtype}; convert with np.uint8 first")
@@ -670,11 +698,11 @@ def corrupt(image: np.ndarray, name: str, severity: int, *, seed: int, index: in
     if severity == 0:
         return img.copy()
     param = severity_param(name, int(severity), dataset)
+    img, s = _working_image(img, reading)
     gray = img.ndim == 2
     x = np.repeat(img[..., None], 3, axis=2) if gray else img
-    out = c.fn(x.astype(np.float64) / 255.0, param, rng, _scale_of(img.shape, scale), int(severity))
+    out = c.fn(x.astype(np.float64) / 255.0, param, rng, s, int(severity))
     out = np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
     if gray:
         out = out @ _LUMA  # back to 'L' as MedMNIST-C does for gray datasets
     return np.rint(out * 255.0).astype(np.uint8)
-

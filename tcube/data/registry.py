@@ -65,6 +65,9 @@ class DatasetSpec:
     md5: Mapping[int, str] | None = None  # image size -> expected MD5 of the npz file
     templates: tuple[str, ...] | None = None  # overrides the modality's templates
     n_samples: Mapping[str, int] | None = None  # split -> size, where known
+    # corruption list: a MedMNIST-C dataset's name to borrow, or {corruption: 5 severity parameters};
+    # None = its own MedMNIST-C list, else its modality's (tcube.data.corruptions.corruption_params)
+    corruptions: str | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -268,11 +271,13 @@ def dataset_spec_from_config(
     templates: Sequence[str] | None = None,
     descriptions: Sequence[str] | None = None,
     task: str = "multi-class",
+    corruptions: str | Mapping[str, Any] | None = None,
 ) -> DatasetSpec:
     """Describe a dataset outside MedMNIST (same npz layout) from configuration values alone.
 
     ``modality`` may name a registered modality or a new one; a new modality needs ``templates``.
-    ``descriptions`` default to the class names themselves.
+    ``descriptions`` default to the class names themselves. ``corruptions`` names the corruption list
+    (a MedMNIST-C dataset to borrow from, or a mapping); needed for corruption runs of a new modality.
     """
     if not name or not str(name).strip():
         raise ValueError("data.name must be a non-empty file stem (the npz file is '<name>.npz')")
@@ -299,7 +304,13 @@ def dataset_spec_from_config(
     if task not in SINGLE_LABEL_TASKS + (MULTI_LABEL_TASK,):
         raise ValueError(f"dataset {name!r}: unknown task {task!r}; use one of {SINGLE_LABEL_TASKS + (MULTI_LABEL_TASK,)}")
     return DatasetSpec(name=str(name), modality=mod, classes=classes, descriptions=desc, task=task,
-                       source="custom", md5=None, templates=tmpl)
+                       source="custom", md5=None, templates=tmpl, corruptions=_frozen(corruptions))
+
+
+def _frozen(corruptions: str | Mapping[str, Any] | None) -> str | Mapping[str, Any] | None:
+    if corruptions is None or isinstance(corruptions, str):
+        return corruptions
+    return MappingProxyType({str(k): tuple(v) for k, v in dict(corruptions).items()})
 
 
 def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
@@ -307,18 +318,18 @@ def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
     if isinstance(entry, str):
         return get_dataset_spec(entry)
     entry = dict(entry)
-    if not entry.get("classes"):  # a registered dataset, optionally with other prompts
+    if not entry.get("classes"):  # a registered dataset, optionally with other prompts or corruption list
         spec = get_dataset_spec(entry["name"])
-        if entry.get("templates") or entry.get("descriptions"):
+        if entry.get("templates") or entry.get("descriptions") or entry.get("corruptions"):
             spec = dataset_spec_from_config(spec.name, spec.modality, spec.classes,
                                             templates=entry.get("templates") or spec.templates,
                                             descriptions=entry.get("descriptions") or spec.descriptions,
-                                            task=spec.task)
+                                            task=spec.task, corruptions=entry.get("corruptions"))
         return spec
     return dataset_spec_from_config(name=entry["name"], modality=entry.get("modality") or "",
                                     classes=list(entry["classes"]), templates=entry.get("templates"),
                                     descriptions=entry.get("descriptions"),
-                                    task=entry.get("task") or "multi-class")
+                                    task=entry.get("task") or "multi-class", corruptions=entry.get("corruptions"))
 
 
 def prompts_for(spec: DatasetSpec, *, allow_multi_label: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:

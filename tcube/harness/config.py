@@ -16,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from ..data.corruptions import check_reading
+
 SCHEMA_NAME = "tcube_eval_schema"
 
 
@@ -71,6 +73,8 @@ class DataConfig:
     templates: Optional[list[str]] = None
     task: Optional[str] = None
     datasets: Optional[list[str]] = None      # data=all: the expert datasets
+    corruptions: Any = None                   # corruption list: a MedMNIST-C dataset to borrow (pneumoniamnist)
+                                              #   or {name: [5 severity params]}; null = its own / its modality's
 
 
 @dataclass
@@ -90,6 +94,7 @@ class ProtocolConfig:
     corruptions: Optional[list[str]] = None      # null = the dataset's MedMNIST-C list
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     limit: Optional[int] = None                  # corruption: test images per cell
+    reading: str = "224"                         # corruption: "224" (MedMNIST-C's definition) | "native"
 
 
 @dataclass
@@ -149,7 +154,7 @@ def to_settings(cfg: DictConfig | dict) -> dict[str, Any]:
 
 
 def check_settings(s: dict[str, Any]) -> None:
-    """What a type cannot say: positive sizes and limits, a non-negative seed."""
+    """What a type cannot say: positive sizes and limits, a non-negative seed, a known corruption reading."""
     for key, value, minimum in (("batch_size", s["batch_size"], 1), ("limit", s["limit"], 1),
                                 ("tuning_limit", s["tuning_limit"], 1), ("seed", s["seed"], 0),
                                 ("engine.grid_size", s["engine"]["grid_size"], 2),
@@ -157,3 +162,4 @@ def check_settings(s: dict[str, Any]) -> None:
                                 ("protocol.limit", s["protocol"]["limit"], 1)):
         if value is not None and value < minimum:
             raise ValueError(f"{key} must be ≥ {minimum}, got {value} (e.g. {key}={max(minimum, 16)})")
+    check_reading(s["protocol"]["reading"])

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..data.corruptions import DEFAULT_READING, severity_param
 from ..data.files import file_md5
+from ..io import json_safe
 from ..methods.merger import Merger
 from ..protocols.base import DataRef
 from .cache import LogitCache, cache_key
@@ -23,15 +25,20 @@ class EndpointStore:
         self.precision, self.dist, self.progress = precision, dist, progress
 
     def view_fields(self, fingerprints: tuple[str, str], preprocess, data: DataRef, split: str, classes,
-                    corruption, severity, limit: int | None = None) -> dict:
+                    corruption, severity, limit: int | None = None, reading: str | None = None) -> dict:
         """What determines a view's endpoint logits (the cache key hashes it)."""
         descriptions, templates = data.prompts(classes)
+        # the corruption protocol's views depend on the reading, corrupted ones on the parameter too (a data config
+        # may name its own); other views keep the keys they had
+        corrupted = {"corruption_reading": reading or DEFAULT_READING} if corruption or reading else {}
+        if corruption:
+            corrupted["corruption_param"] = json_safe(severity_param(corruption, severity, data.spec))
         return {"kind": "endpoint_logits", "generalist": fingerprints[0], "expert": fingerprints[1],
                 "dataset": data.name, "file_md5": file_md5(data.path), "split": split,
                 "classes": list(classes) if classes is not None else None, "corruption": corruption,
                 "severity": severity, "descriptions": descriptions, "templates": templates,
                 "limit": self.views.cap(limit), "seed": self.views.seed, "preprocess": repr(preprocess),
-                **({"precision": self.precision} if self.precision != "fp32" else {})}  # fp32 keys unchanged
+                **corrupted, **({"precision": self.precision} if self.precision != "fp32" else {})}  # fp32 keys unchanged
 
     @torch.no_grad()
     def logits(self, merger: Merger, images: torch.Tensor, fields: dict[str, Any], n_total: int):

@@ -88,7 +88,8 @@ class Plan:
 
 def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
     """A registered dataset by name, or the config's own description (name, modality, classes, ...)."""
-    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task")
+    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task",
+                                                  "corruptions")
                  if data.get(k) is not None}
     return described if len(described) > 1 else data["name"]
 

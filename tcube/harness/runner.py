@@ -1,7 +1,7 @@
 """The cell runner: score every method variant on one EvalSet, from four small parts.
 
-Per EvalSet: the data view (`views.DataViews`: class subset, seeded `limit` subset, corrupted at native
-size, preprocessed), the two endpoints' logits (`endpoints.EndpointStore`: computed once, cached), the
+Per EvalSet: the data view (`views.DataViews`: class subset, seeded `limit` subset, corrupted in its
+reading, preprocessed), the two endpoints' logits (`endpoints.EndpointStore`: computed once, cached), the
 validation-tuned state if a variant needs one (`tuner.Tuner`, cached too), then each variant's merged
 pass with `Merger.predict(..., endpoint_logits=(g, e))` batch by batch, and its row (`rows.cell_metrics`).
 """
@@ -110,11 +110,11 @@ class CellRunner:
         n_total = self.views.view_size(es.data, "test", es.classes, es.limit)
         block = self.dist.batch_block(n_total, self.batch_size)  # everything when not distributed
         images, labels = self.views.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
-                                              es.severity, es.limit, positions=block)
+                                              es.severity, es.limit, positions=block, reading=es.reading)
         images = pin(images, merger.device)  # batches split from it stay pinned for non-blocking copies
         labels = torch.cat(self.dist.gather(labels))
         fields = self.endpoints.view_fields(info.fingerprints, info.pair.preprocess, es.data, "test", es.classes,
-                                            es.corruption, es.severity, es.limit)
+                                            es.corruption, es.severity, es.limit, reading=es.reading)
         gen, exp, endpoint_seconds, cache_hit = self.endpoints.logits(merger, images, fields, n_total)
         tuning = None
         majority = majority_baseline(labels.numpy())  # the floor to beat, from labels alone

@@ -1,4 +1,4 @@
-"""The data view of a cell: which images (class subset, seeded `limit` subset), corrupted at native size,
+"""The data view of a cell: which images (class subset, seeded `limit` subset), corrupted in the view's reading,
 preprocessed with the pair's transform, with labels in the view's own label space."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.corruptions import corrupt
+from ..data.corruptions import DEFAULT_READING, corrupt, to_224
 from ..data.npz import load_npz_split, select_view
 from ..protocols.base import DataRef, cap_limit
 
@@ -32,7 +32,7 @@ class DataViews:
 
     def load_view(self, data: DataRef, split: str, classes: Sequence[int] | None, preprocess: Callable,
                   corruption: str | None = None, severity: int = 0, limit: int | None = None,
-                  positions: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  positions: slice | None = None, reading: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed images [N, 3, H, W] and labels in the label space of `classes` (at most cap(limit)).
 
         `positions` keeps only that block of the selected images (a data-parallel rank's share).
@@ -50,8 +50,11 @@ class DataViews:
         out = []
         for i in idx:
             img = images[i]
-            if corruption is not None:  # native size, before preprocessing; seeded by the image's own index
-                img = corrupt(img, corruption, severity, seed=self.seed, index=int(i), dataset=data.spec)
+            if corruption is not None:  # before preprocessing (which resizes to the model's input); seeded per image
+                img = corrupt(img, corruption, severity, seed=self.seed, index=int(i), dataset=data.spec,
+                              reading=reading or DEFAULT_READING)
+            elif reading == "224":  # the clean set of that reading: the same 224-px images, uncorrupted
+                img = to_224(img)
             out.append(preprocess(Image.fromarray(img).convert("RGB")))
         return (torch.stack(out) if out else torch.empty(0)), torch.as_tensor(y.reshape(-1), dtype=torch.long)
 

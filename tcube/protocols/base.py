@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..data.corruptions import severity_param
 from ..data.files import find_npz
 from ..data.registry import (  # noqa: F401  (spec_from_config: re-exported, protocols used to define it)
     DatasetSpec,
@@ -101,12 +102,19 @@ class EvalSet:
     role: str | None = None       # base_to_novel: base | novel
     expert: str = "expert"        # the model.* key naming this set's expert (expert | expert_base)
     limit: int | None = None      # the protocol's own cap on test images (the run-wide `limit` also applies)
+    reading: str | None = None    # corruption protocol: the size its images are at ("224" | "native"), clean too
 
     def describe(self) -> dict[str, Any]:
-        """The row fields that say which view this is."""
-        return {"protocol": self.protocol, "split": self.split, "role": self.role,
-                "modality": self.data.spec.modality.name, "dataset": self.data.name, "subset": self.subset,
-                "corruption": self.corruption, "severity": self.severity}
+        """The row fields that say which view this is (the corruption protocol's also name the reading, and
+        a corrupted view its parameter)."""
+        out = {"protocol": self.protocol, "split": self.split, "role": self.role,
+               "modality": self.data.spec.modality.name, "dataset": self.data.name, "subset": self.subset,
+               "corruption": self.corruption, "severity": self.severity}
+        if self.reading:
+            out["corruption_reading"] = self.reading
+        if self.corruption:
+            out["corruption_param"] = severity_param(self.corruption, self.severity, self.data.spec)
+        return out
 
     def prompt_hash(self) -> str:
         descriptions, templates = self.data.prompts(self.classes)

@@ -1,11 +1,14 @@
 """corruption: MedMNIST-C corruptions × severities of the expert's test set, plus the clean set.
 
-Each corruption is applied to the uint8 image at its native size before the model's preprocessing,
-with the dataset's own MedMNIST-C parameters, deterministically per (seed, image index).
+Each corruption is applied to the uint8 image before the model's preprocessing, in the run's reading
+(`protocol.reading`: "224" = MedMNIST-C's 224-px definition, "native" = the file's size), with the
+dataset's corruption list and parameters, deterministically per (seed, image index). The clean set is in
+the same reading: under "224" the same 224-px images uncorrupted, so clean and corrupted differ by the
+corruption alone (not by the extra resampling, about 1-1.7 grey levels at 28 px).
 """
 from __future__ import annotations
 
-from ..data.corruptions import N_SEVERITIES, corruptions_for
+from ..data.corruptions import DEFAULT_READING, N_SEVERITIES, check_reading, corruptions_for
 from .base import Context, EvalSet, Skip
 
 NAME = "corruption"
@@ -19,8 +22,8 @@ def corruption_list(ctx: Context) -> list[str]:
     chosen = [chosen] if isinstance(chosen, str) else list(chosen)
     bad = [c for c in chosen if c not in available]
     if bad or not chosen:
-        raise ValueError(f"protocol.corruptions {bad or chosen} do not apply to {ctx.data.name}; MedMNIST-C's "
-                         f"list for it is {available} (or protocol.corruptions=null for all)")
+        raise ValueError(f"protocol.corruptions {bad or chosen} do not apply to {ctx.data.name}; its corruption "
+                         f"list is {available} (or protocol.corruptions=null for all)")
     return chosen
 
 
@@ -42,8 +45,10 @@ def image_limit(ctx: Context) -> int | None:
 
 def eval_sets(ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
     limit = image_limit(ctx)  # the same seeded images in every cell, clean included
-    sets = [EvalSet(NAME, ctx.data, limit=limit)]  # clean: corruption None, severity 0
+    reading = check_reading(ctx.options.get("reading") or DEFAULT_READING)
+    sets = [EvalSet(NAME, ctx.data, limit=limit, reading=reading)]  # clean: corruption None, severity 0
     severities = severity_list(ctx)
     for name in corruption_list(ctx):
-        sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s, limit=limit) for s in severities]
+        sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s, limit=limit, reading=reading)
+                 for s in severities]
     return sets, []

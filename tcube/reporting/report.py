@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..io import json_safe, write_text_atomic
+from .readings import reading_header
 from .results import method_order
 from .scores import (
     corruption_error,
@@ -329,7 +330,9 @@ def _expert_sections(summary: dict[str, Any], rows: Sequence[dict], expert: str,
         s = protocols["corruption"]
         dataset = next((r["dataset"] for r in rows if r["protocol"] == "corruption"), "")
         top = [e for e in of("corruption") if e["name"] != "mCE"]
-        out += [f"{h} corruption ({dataset}, top-1, mean over severities)", "", _score_table(top, methods), "",
+        out += [f"{h} corruption ({dataset}, top-1, mean over severities)", "",
+                f"Corruption {reading_header(r for r in rows if r['protocol'] == 'corruption')}.", "",
+                _score_table(top, methods), "",
                 f"{h}# mCE (generalist = 100; lower is better)", "",
                 _score_table([e for e in of("corruption") if e["name"] == "mCE"], methods,
                              [("relative mCE", s["relative_mce"].get),
