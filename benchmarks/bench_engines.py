@@ -10,9 +10,10 @@ Subsets: `--scales small` runs only the small model (about a minute on 2 cores);
 run by default (one-shot and streamed, plus the naive reference).
 
 Three kinds of rows (the × T^3_B column compares rows of the same kind):
-- one-shot: `merge_and_predict(...)` with its defaults, one call per batch (builds everything each call);
+- one-shot: `merge_and_predict(...)` with its defaults, one call per batch (builds everything each call); median
+  of 5 calls (2 at the 224-px scales), T^3_B and T^3 calls alternating on the same batches;
 - streamed: one `Merger(...)` with its defaults, built and then fed --stream-batches batches; seconds per batch
-  include the build;
+  include the build; the T^3_B and T^3 Mergers' batches alternate;
 - warm: a Merger warmed on one batch, then timed per batch (engine against engine, as before).
 
 --device auto (the default) runs on the GPU when one is visible. --precision runs every model forward
@@ -177,13 +178,33 @@ def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     return out, sorted(times)[len(times) // 2], mem.peak / 2**20
 
 
+def timed_call(fn, device: str):
+    """(result, seconds, peak MiB) of one call."""
+    with PeakMemory(device) as mem:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return result, seconds, mem.peak / 2**20
+
+
+def _median(calls) -> float:
+    times = sorted(c[1] for c in calls)
+    return times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+
+
 def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, precision: str = "fp32",
                 stream_batches: int = 4, configs: str = "all") -> list[dict]:
     gen, exp, tokenizer, size = make_pair(scale, tmp)
     gen, exp = gen.to(device), exp.to(device)
     g = torch.Generator().manual_seed(1)
     # a fresh batch for every timed call: new λ values, so no engine may reuse merged weights or heads
-    fresh = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(max(7, 2 + stream_batches))]
+    one_shot_reps = 1 if MEMORY_PASS else 5 if scale == "small" else 2
+    fresh = [torch.randn(batch, 3, size, size, generator=g).to(device)
+             for _ in range(max(7, 2 + stream_batches, 1 + one_shot_reps))]
     warm, images = fresh[0], fresh[1]
     rows = []
 
@@ -207,32 +228,43 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, 
     record("warm", "single model forward", plain, seconds, peak)
 
     # -- what users run: the library call and a streamed Merger, with their default options ------------------
-    def one_shot(method, pool):  # each call a fresh batch and a fresh library call: nothing is reused
+    # T^3_B and T^3 calls alternate (A, B, A, B, ...) on the same fresh batches, so drift in the machine's speed
+    # (a shared VM's is ±20% over minutes) falls on both, and each row is the median over its calls.
+    methods = (("t3_batch", "T^3_B"), ("t3", "T^3"))
+
+    def one_shot(method, x):  # a fresh library call: it builds its Merger, engine and heads, and reuses nothing
         if precision == "fp32":
-            return lambda: merge_and_predict(gen, exp, next(pool), CLASSES, tokenizer=tokenizer, templates=TEMPLATES,
-                                             method=method)
-        return lambda: Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision).predict(next(pool), method)
+            return merge_and_predict(gen, exp, x, CLASSES, tokenizer=tokenizer, templates=TEMPLATES, method=method)
+        return Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision).predict(x, method)
 
-    stats = {}
+    for method, _ in methods:
+        one_shot(method, warm)  # warm-up call (allocator, thread pools)
+    calls = {m: [] for m, _ in methods}
+    for rep in range(one_shot_reps):
+        for method, _ in methods:
+            calls[method].append(timed_call(lambda m=method, x=fresh[1 + rep]: one_shot(m, x), device))
+    for method, label in methods:
+        out = calls[method][0][0]
+        record("one-shot", f"{label}: merge_and_predict(method='{method}')", out, _median(calls[method]),
+               max(c[2] for c in calls[method]))
 
-    def streamed(method):
-        def run():
-            m = Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision)
-            outs = [m.predict(x, method) for x in fresh[1:1 + stream_batches]]
-            stats.update(text_heads=m.heads.mode, lambdas_encoded=m.heads.stats["encoded"],
-                         head_error_measured=m.heads.max_error() if m.heads.mode == "adaptive" else None)
-            return outs[0]
-        return run
-
-    for method, label in (("t3_batch", "T^3_B"), ("t3", "T^3")):
-        one_shot(method, iter([warm]))()  # warm-up call (allocator, thread pools)
-        out, seconds, peak = timed(one_shot(method, iter(fresh[1:] * 8)), device, max_reps=3)
-        record("one-shot", f"{label}: merge_and_predict(method='{method}')", out, seconds, peak)
-    for method, label in (("t3_batch", "T^3_B"), ("t3", "T^3")):
-        stats.clear()
-        out, seconds, peak = timed(streamed(method), device, min_seconds=0.0)
-        record("streamed", f"{label}: Merger, {stream_batches} batches", out, seconds / stream_batches, peak,
-               dict(stats))
+    mergers, spent, peaks, firsts = {}, {}, {}, {}
+    for method, _ in methods:  # built as a user builds it, with its default options; the build is charged
+        (mergers[method], spent[method], peaks[method]) = timed_call(
+            lambda: Merger(gen, exp, tokenizer, CLASSES, TEMPLATES, precision=precision), device)
+    for x in fresh[1:1 + stream_batches]:
+        for method, _ in methods:
+            out, seconds, peak = timed_call(lambda m=method, x=x: mergers[m].predict(x, m), device)
+            firsts.setdefault(method, out)
+            spent[method] += seconds
+            peaks[method] = max(peaks[method], peak)
+    for method, label in methods:
+        heads = mergers[method].heads
+        stats = {"text_heads": heads.mode, "lambdas_encoded": heads.stats["encoded"],
+                 "head_error_measured": heads.describe()["max_error"]}
+        record("streamed", f"{label}: Merger, {stream_batches} batches", firsts[method],
+               spent[method] / stream_batches, peaks[method], stats)
+    mergers.clear()  # free both before the warm rows
 
     # -- engine against engine (warm Mergers) --------------------------------------------------------------
     engine_configs = [  # name, merger factory, method

@@ -44,8 +44,8 @@ def main() -> None:
     with torch.inference_mode(), rows.set(lam):
         for n in map(int, args.tokens.split(",")):
             x = torch.randn(args.batch, n, args.d_in)
-            plain = best_of(lambda: exp(x))
-            d, c = best_of(lambda: dual(x)) / plain, best_of(lambda: chunked(x)) / plain
+            plain = best_of(lambda x=x: exp(x))
+            d, c = best_of(lambda x=x: dual(x)) / plain, best_of(lambda x=x: chunked(x)) / plain
             print(f"| {n} | {plain * 1e3:.2f} | {d:.2f}× | {c:.2f}× | {'chunked' if c < d else 'dual'} |")
 
 

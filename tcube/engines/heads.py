@@ -178,8 +178,11 @@ class TextHeads:
 
     def _locate(self, value: float) -> tuple[int, int] | None:
         """The built piece (interpolant or exact) containing λ, shallowest first; None if there is none."""
+        if not self._pieces:
+            return None
         for depth in range(self.max_start_depth + self.max_depth + 1):
-            piece = (depth, int(self._index(torch.tensor([value], dtype=torch.float64), depth)))
+            count = self.base_pieces * 2**depth  # _index in plain float64 arithmetic (one λ: no tensors)
+            piece = (depth, math.floor(value * count) - (value * count == count))
             state = self._pieces.get(piece)
             if state is not None and state.kind != "split":
                 return piece
