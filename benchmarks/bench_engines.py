@@ -61,7 +61,8 @@ def biomedclip_cfg(folder: Path) -> dict:
     words = sorted({w for c in CLASSES + TEMPLATES for w in c.replace(".", " ").replace("{}", " ").split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # transformers 5 ignores vocab_file= on the fast tokenizer (every word became [UNK]): pass the vocab itself
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                intermediate_size=3072, max_position_embeddings=512).save_pretrained(folder)
     return {"embed_dim": 512,

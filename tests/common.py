@@ -51,7 +51,8 @@ def write_tiny_bert(folder: Path) -> Path:
     vocab += sorted(set(WORDS)) + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab += ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    # transformers 5 ignores vocab_file= on the fast tokenizer (every word became [UNK]): pass the vocab itself
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     BertConfig(vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=96, max_position_embeddings=64, pad_token_id=0).save_pretrained(folder)
     return folder

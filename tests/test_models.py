@@ -101,3 +101,12 @@ def test_hub_failure_says_what_to_do_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="local-dir"):
         load_model("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
+
+
+def test_tiny_bert_tokenizer_knows_its_words(biomed_pair):
+    """Prompts reach the BERT tower as words, not [UNK]s (transformers 5 ignores a fast tokenizer's vocab_file=)."""
+    from tcube.models.heads import tokenize_prompts
+
+    tokens, _ = tokenize_prompts(biomed_pair.tokenizer, ["pneumonia", "normal lungs"])
+    assert not (tokens == 1).any()  # [UNK]
+    assert not torch.equal(tokens[0], tokens[2])  # the class names differ in the tokens, not only in length
