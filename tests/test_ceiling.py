@@ -1,0 +1,80 @@
+"""The per-sample ceiling: its maths on hand-made matrices (tcube.reporting.ceiling), and the harness's λ-grid bits
+against the static merge run directly (tcube.harness.ceiling)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tcube.reporting.ceiling import as_matrix, cell_ceiling, ceiling_table, pooled
+
+GRID3 = [0.0, 0.5, 1.0]
+# 4 images × 3 λ: λ=0 gets images 0,1; λ=0.5 gets 0,1,2; λ=1 gets 3 only -> curve 50, 75, 25; oracle 100
+M = np.array([[1, 1, 0],
+              [1, 1, 0],
+              [0, 1, 0],
+              [0, 0, 1]], dtype=bool)
+
+
+def test_cell_ceiling_on_a_hand_made_matrix():
+    out = cell_ceiling(M, GRID3, {"t3": "1101", "dawin": [0, 0, 0, 1], "perfect": "1111"})
+    assert out["curve"] == [50.0, 75.0, 25.0]
+    assert out["expert"] == 50.0 and out["generalist"] == 25.0
+    assert (out["static_lambda"], out["static"], out["oracle"]) == (0.5, 75.0, 100.0)
+    assert out["methods"]["t3"] == {"top1": 75.0, "recovered": 0.0}  # matches the best static merge: 0 %
+    assert out["methods"]["perfect"]["recovered"] == pytest.approx(100.0)
+    assert out["methods"]["dawin"]["recovered"] == pytest.approx(-200.0)  # 25 vs 75, gap 25: below static
+
+
+def test_bit_strings_are_one_per_grid_point():
+    assert (as_matrix(["1100", "1110", "0001"]) == M).all()
+    with pytest.raises(ValueError, match="same images"):
+        as_matrix(["1100", "111"])
+    with pytest.raises(ValueError, match="4 correct bits for 2 images"):
+        cell_ceiling(M[:2], GRID3, {"t3": "1101"})
+
+
+def test_zero_gap_makes_the_share_undefined_not_inf():
+    # λ = 0.5 is right wherever any λ is: the oracle equals the static ceiling
+    m = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)
+    out = cell_ceiling(m, GRID3, {"t3": "100"})
+    assert out["static"] == out["oracle"] == pytest.approx(200 / 3)
+    assert out["methods"]["t3"]["recovered"] is None and out["methods"]["t3"]["top1"] == pytest.approx(100 / 3)
+
+
+def test_ties_go_to_the_lambda_closest_to_the_expert():
+    m = np.array([[1, 0, 1], [0, 1, 0]], dtype=bool)  # curve 50, 50, 50
+    assert cell_ceiling(m, GRID3)["static_lambda"] == 0.0
+
+
+def test_pooling_weighs_views_equally_and_picks_one_lambda_for_the_protocol():
+    a = cell_ceiling(M, GRID3)                                   # curve 50, 75, 25; oracle 100 (4 images)
+    b = cell_ceiling(np.array([[0, 0, 1], [0, 0, 1]], bool), GRID3)  # curve 0, 0, 100; oracle 100 (2 images)
+    out = pooled([a, b], {"t3": [75.0, 100.0], "missing": [75.0, None]})
+    assert out["curve"] == [25.0, 37.5, 62.5]  # per-view means, not image-weighted (that would be 33.3, 50, 50)
+    assert (out["static_lambda"], out["static"], out["oracle"]) == (1.0, 62.5, 100.0)
+    assert out["methods"]["t3"]["recovered"] == pytest.approx((87.5 - 62.5) / 37.5 * 100)
+    assert "missing" not in out["methods"] and out["cells"] == 2 and out["n"] == 6
+    with pytest.raises(ValueError, match="different λ grids"):
+        pooled([a, cell_ceiling(M[:, :2], [0.0, 1.0])])
+
+
+def test_table_joins_views_to_rows_by_cell_and_groups_corruption_views():
+    def cell(corruption, severity):
+        return {"expert_data": "synth2", "protocol": "corruption", "split": None, "role": None, "dataset": "synth2",
+                "subset": "all", "corruption": corruption, "severity": severity}
+
+    records = [{"key": str(i), "cell": cell(c, s), "grid": GRID3, "n": 4, "correct": ["1100", "1110", "0001"]}
+               for i, (c, s) in enumerate([(None, 0), ("pixelate", 1)])]
+    rows = [{**cell(c, s), "method": m, "top1": t, "method_kind": k}
+            for c, s in [(None, 0), ("pixelate", 1)]
+            for m, t, k in [("t3", 100.0, "per_sample"), ("wise_ft", 75.0, "static"), ("ties", 0.0, "static")]]
+    table = ceiling_table(rows, records)
+    assert [(e["view"], e["cells"]) for e in table] == [("clean", 1), ("corrupted", 1)]
+    assert set(table[0]["methods"]) == {"t3", "wise_ft"}  # adaptive + the static reference; not ties
+    assert table[0]["methods"]["t3"]["recovered"] == pytest.approx(100.0)
+    assert table[0]["methods"]["wise_ft"]["recovered"] == 0.0
+    json.dumps(table, allow_nan=False)  # strict JSON for summary.json
+    assert not any(isinstance(v, float) and math.isnan(v) for e in table for v in e.values())
