@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tcube.reporting.ceiling import as_matrix, cell_ceiling, ceiling_table, pooled
+from tcube.reporting.ceiling import as_matrix, ceiling_table, cell_ceiling, pooled
 
 GRID3 = [0.0, 0.5, 1.0]
 # 4 images × 3 λ: λ=0 gets images 0,1; λ=0.5 gets 0,1,2; λ=1 gets 3 only -> curve 50, 75, 25; oracle 100
@@ -78,3 +78,87 @@ def test_table_joins_views_to_rows_by_cell_and_groups_corruption_views():
     assert table[0]["methods"]["wise_ft"]["recovered"] == 0.0
     json.dumps(table, allow_nan=False)  # strict JSON for summary.json
     assert not any(isinstance(v, float) and math.isnan(v) for e in table for v in e.values())
+
+
+# -- the harness: python -m tcube.eval ... ceiling_grid=21 on the tiny synthetic setup -------------------------
+@pytest.fixture(scope="module")
+def ceiling_run(tmp_path_factory, clip_pair, one_thread):
+    from common import perturbed
+    from conftest import Pair
+    from eval_support import SYNTH4, compose, make_env, overrides
+
+    from tcube.harness.evaluate import run
+
+    # the tiny random models predict one class for every noise image; a far-perturbed expert at least predicts
+    # another one, so the grid's two ends (and the columns between) have different correct bits
+    far = Pair(clip_pair.generalist, perturbed(clip_pair.generalist, seed=1, scale=1.0), clip_pair.tokenizer,
+               clip_pair.model_cfg, clip_pair.family)
+    env = make_env(tmp_path_factory.mktemp("ceiling_env"), far)
+    cfg = compose(overrides(env, data=SYNTH4, methods=("t3", "wise_ft"), plots=True,
+                            extra=["ceiling_grid=21", "method.params.wise_ft.alpha=0.25"]))
+    run_dir = tmp_path_factory.mktemp("ceiling_run")
+    summary = run(cfg, run_dir)
+    return cfg, run_dir, summary
+
+
+def _bits(run_dir):
+    from tcube.reporting.analysis import load_results
+
+    [record] = [json.loads(p.read_text()) for p in (run_dir / "ceiling").glob("*.json")]
+    rows = {r["method"]: r for r in load_results(run_dir).to_dict("records")}
+    return record, rows
+
+
+def test_grid_columns_are_the_static_merges_of_the_cell(ceiling_run):
+    _, run_dir, _ = ceiling_run
+    record, rows = _bits(run_dir)
+    grid, correct = record["grid"], record["correct"]
+    assert len(grid) == 21 and grid[0] == 0.0 and grid[5] == 0.25 and grid[-1] == 1.0
+    assert record["n"] == rows["t3"]["n"] == 8 and record["cell"]["protocol"] == "in_domain"
+    assert rows["expert"]["correct"] != rows["generalist"]["correct"]  # else the two ends could be swapped unseen
+    assert correct[0] == rows["expert"]["correct"]         # λ = 0: the merge is the expert
+    assert correct[-1] == rows["generalist"]["correct"]    # λ = 1: the generalist
+    assert correct[5] == rows["wise_ft"]["correct"]        # α = 0.25 run as a method, on the same images
+    assert correct[5] not in (correct[0], correct[-1])      # (so a shifted or mislabelled column would show)
+
+
+def test_report_shows_the_ceiling_table_and_plot(ceiling_run, tmp_path):
+    from tcube.reporting.report import main
+
+    _, run_dir, summary = ceiling_run
+    [entry] = summary["ceiling"]
+    assert entry["protocol"] == "in_domain" and entry["cells"] == 1 and set(entry["methods"]) == {"t3", "wise_ft"}
+    assert entry["oracle"] >= entry["static"] >= max(entry["expert"], entry["generalist"])
+    assert "Per-sample ceiling (21-point λ grid" in (run_dir / "report.md").read_text()
+    assert (run_dir / "ceiling.png").is_file()
+    assert main([str(run_dir), "--out", str(tmp_path)]) == 0  # python -m tcube.report RUN_DIR reads them too
+    assert "Per-sample ceiling" in (tmp_path / "report.md").read_text()
+
+
+def test_rerun_resumes_without_recomputing_the_grid(ceiling_run, monkeypatch):
+    from tcube.harness import ceiling
+    from tcube.harness.evaluate import run
+
+    cfg, run_dir, first = ceiling_run
+    files = {p.name: p.read_bytes() for p in (run_dir / "ceiling").glob("*.json")}
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("the λ grid was computed again")
+
+    monkeypatch.setattr(ceiling.CeilingGrid, "bits", fail)
+    summary = run(cfg, run_dir)
+    assert {p.name: p.read_bytes() for p in (run_dir / "ceiling").glob("*.json")} == files
+    assert summary["cells"]["computed"] == 0 and summary["ceiling"] == first["ceiling"]
+
+
+def test_ceiling_is_off_by_default_and_checked():
+    from omegaconf import OmegaConf
+
+    from tcube.harness.config import EvalConfig, to_settings
+
+    base = {"model": {"generalist": "g", "expert": "e"}, "data": {"name": "synth2"}, "method": {"name": "t3"},
+            "engine": {"name": "fused"}, "protocol": {"name": "in_domain"}}
+    assert OmegaConf.structured(EvalConfig).ceiling_grid == 0
+    assert to_settings({**base, "ceiling_grid": 21})["ceiling_grid"] == 21
+    with pytest.raises(ValueError, match=r"ceiling_grid must be 0 \(off\) or ≥ 2, got 1"):
+        to_settings({**base, "ceiling_grid": 1})
