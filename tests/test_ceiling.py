@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,18 +83,24 @@ def test_table_joins_views_to_rows_by_cell_and_groups_corruption_views():
 
 # -- the harness: python -m tcube.eval ... ceiling_grid=21 on the tiny synthetic setup -------------------------
 @pytest.fixture(scope="module")
-def ceiling_run(tmp_path_factory, clip_pair, one_thread):
+def env(tmp_path_factory, clip_pair, one_thread):
     from common import perturbed
     from conftest import Pair
-    from eval_support import SYNTH4, compose, make_env, overrides
-
-    from tcube.harness.evaluate import run
+    from eval_support import make_env
 
     # the tiny random models predict one class for every noise image; a far-perturbed expert at least predicts
     # another one, so the grid's two ends (and the columns between) have different correct bits
     far = Pair(clip_pair.generalist, perturbed(clip_pair.generalist, seed=1, scale=1.0), clip_pair.tokenizer,
                clip_pair.model_cfg, clip_pair.family)
-    env = make_env(tmp_path_factory.mktemp("ceiling_env"), far)
+    return make_env(tmp_path_factory.mktemp("ceiling_env"), far)
+
+
+@pytest.fixture(scope="module")
+def ceiling_run(env, tmp_path_factory):
+    from eval_support import SYNTH4, compose, overrides
+
+    from tcube.harness.evaluate import run
+
     cfg = compose(overrides(env, data=SYNTH4, methods=("t3", "wise_ft"), plots=True,
                             extra=["ceiling_grid=21", "method.params.wise_ft.alpha=0.25"]))
     run_dir = tmp_path_factory.mktemp("ceiling_run")
@@ -162,3 +169,24 @@ def test_ceiling_is_off_by_default_and_checked():
     assert to_settings({**base, "ceiling_grid": 21})["ceiling_grid"] == 21
     with pytest.raises(ValueError, match=r"ceiling_grid must be 0 \(off\) or ≥ 2, got 1"):
         to_settings({**base, "ceiling_grid": 1})
+
+
+def test_corrupted_views_use_the_cells_corrupted_images(env, tmp_path):
+    """Corruption is seeded per image: the grid's ends must match the endpoints' rows cell by cell."""
+    from eval_support import SYNTH4, compose, overrides
+
+    from tcube.harness.evaluate import run
+    from tcube.reporting.results import read_rows
+
+    cfg = compose(overrides(env, data=SYNTH4, protocol="corruption", methods=("t3",), plots=False,
+                            extra=["ceiling_grid=3", "protocol.corruptions=[brightness_down]", "protocol.severities=[5]"]))
+    summary = run(cfg, tmp_path)
+    rows = {(r["corruption"], r["method"]): r["correct"] for r in read_rows(tmp_path / "results.jsonl")}
+    records = {r["cell"]["corruption"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "ceiling").glob("*.json")))}
+    assert set(records) == {None, "brightness_down"} and records["brightness_down"]["grid"] == [0.0, 0.5, 1.0]
+    # (darkening changes the tiny expert's predictions, so scoring clean images for the corrupted view would show)
+    assert rows[(None, "expert")] != rows[("brightness_down", "expert")]
+    for corruption, record in records.items():
+        assert record["correct"][0] == rows[(corruption, "expert")]
+        assert record["correct"][-1] == rows[(corruption, "generalist")]
+    assert [e["view"] for e in summary["ceiling"]] == ["clean", "corrupted"]
