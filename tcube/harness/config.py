@@ -131,6 +131,9 @@ class EvalConfig:
     cache_dir: Optional[str] = None  # null = $TCUBE_HOME/cache/logits
     progress: bool = True          # tqdm bars over cells and batches
     plots: bool = True             # PNG figures next to report.md
+    # per-sample ceiling: score every view with the static merge at this many λ over [0, 1] (21: steps of 0.05);
+    # 0 = off. Costs G static merges per view (README, "Per-sample ceiling"); a rerun resumes
+    ceiling_grid: int = 0
 
 
 def register_configs() -> None:
@@ -163,3 +166,5 @@ def check_settings(s: dict[str, Any]) -> None:
         if value is not None and value < minimum:
             raise ValueError(f"{key} must be ≥ {minimum}, got {value} (e.g. {key}={max(minimum, 16)})")
     check_reading(s["protocol"]["reading"])
+    if s["ceiling_grid"] != 0 and s["ceiling_grid"] < 2:  # a grid needs both ends, λ = 0 and λ = 1
+        raise ValueError(f"ceiling_grid must be 0 (off) or ≥ 2, got {s['ceiling_grid']} (e.g. ceiling_grid=21)")

@@ -323,6 +323,8 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
         try:
             if groups:
                 evaluate(groups, plan, s, results, logger, dist)
+            if s["ceiling_grid"]:
+                ceilings(plan, s, run_dir, dist)
         except Exception:
             # what finished is already in results.jsonl: report it before the error propagates
             if dist.is_main and results.path.is_file():
@@ -384,9 +386,32 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
     log.info("endpoint logits: %d cache hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
 
 
+def ceilings(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist = SINGLE) -> None:
+    """The per-sample ceiling's λ-grid bits of every view of the plan (tcube.harness.ceiling), after its cells."""
+    from .ceiling import compute_ceilings
+
+    if dist.active:  # one process scores every view; the others would wait in a collective and time out
+        raise ValueError(f"ceiling_grid={s['ceiling_grid']} runs in a single process: rerun into the same folder "
+                         "without torchrun (finished cells are skipped, only the ceiling is computed)")
+    cache = LogitCache(s["cache_dir"], enabled=s["cache"])
+    compute_ceilings(plan.cells, s["ceiling_grid"], run_dir, lambda part: make_runner(plan.parts[part], cache),
+                     progress=s["progress"])
+
+
+def ceiling_records(plan: Plan, s: dict[str, Any], run_dir: Path) -> list[dict]:
+    """The stored ceiling views of this plan at its grid size (none when ceiling_grid=0)."""
+    if not s["ceiling_grid"]:
+        return []
+    from ..reporting.ceiling import load_ceiling
+    from .ceiling import ceiling_key
+
+    return load_ceiling(run_dir, {ceiling_key(c.identity, s["ceiling_grid"]) for c in plan.cells})
+
+
 def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path, computed: int) -> dict[str, Any]:
     """summary.json and report.md (each replaced atomically), then the figures."""
-    summary = summarize(rows, plan.methods)
+    ceiling = ceiling_records(plan, s, run_dir)
+    summary = summarize(rows, plan.methods, ceiling=ceiling)
     summary.update(skipped=[dataclasses.asdict(k) for k in plan.skipped],
                    cells={"planned": len(plan.cells), "computed": computed, "resumed": len(plan.cells) - computed,
                           "rows": len(rows)},
@@ -399,7 +424,7 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
     write_text_atomic(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2, default=str))
     write_text_atomic(run_dir / "report.md", render_report(summary, rows, meta))
     if s["plots"] and rows:
-        write_plots(rows, run_dir)
+        write_plots(rows, run_dir, summary.get("ceiling"))
     return summary
 
 
@@ -420,14 +445,14 @@ def generalist_datasets(s: dict[str, Any], zoo: Any = None) -> list[str] | None:
     return list(trained_on) if trained_on else None
 
 
-def write_plots(rows: list[dict], run_dir: Path) -> None:
+def write_plots(rows: list[dict], run_dir: Path, ceiling: list[dict] | None = None) -> None:
     """Figures are a convenience: a failure is logged, never fatal (the results are already on disk)."""
     try:
         import pandas as pd
 
-        from ..reporting.plots import save_all
+        from ..reporting.plots import save_all, save_ceiling
 
-        written = save_all(pd.DataFrame.from_records(rows), run_dir)
+        written = save_all(pd.DataFrame.from_records(rows), run_dir) + save_ceiling(ceiling or [], run_dir)
         log.info("wrote %d figures to %s", len(written), run_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("could not draw the figures (%s: %s); results.jsonl, summary.json and report.md are complete",

@@ -283,3 +283,33 @@ def save_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         atomic_write(out_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
         written.append(out_dir / f"{name}.png")
     return written
+
+
+def ceiling_curve(entries: list[dict]) -> Figure:
+    """Per-sample ceiling (summary.json's `ceiling`): top-1 of the static merge vs λ, one panel per expert and
+    protocol view, with the per-sample oracle (dashed) and the adaptive methods' top-1 (dotted) as lines."""
+    fig = Figure(figsize=(4.5 * max(1, min(len(entries), 3)), 3.6 * max(1, -(-len(entries) // 3))),
+                 layout="constrained")
+    for k, e in enumerate(entries):
+        ax = fig.add_subplot(max(1, -(-len(entries) // 3)), min(len(entries), 3), k + 1)
+        ax.plot(e["grid"], e["curve"], marker=".", color="0.2", label="static merge")
+        ax.axhline(e["oracle"], color="black", linestyle="--", linewidth=1, label="per-sample oracle")
+        ax.plot([e["static_lambda"]], [e["static"]], marker="*", markersize=10, color="black", linestyle="none",
+                label="best static")
+        for m, v in e["methods"].items():
+            ax.axhline(v["top1"], color=method_color(m), linestyle=":", linewidth=1.2, label=m)
+        ax.set_xlabel("λ (weight on the generalist)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{e['expert_data']}: {e['protocol']} ({e['view']})", fontsize="small")
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def save_ceiling(entries: list[dict], out_dir: str | Path) -> list[Path]:
+    """ceiling.png when the run has per-sample ceiling data (none otherwise)."""
+    if not entries:
+        return []
+    fig = ceiling_curve(entries)
+    path = Path(out_dir) / "ceiling.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    return [path]

@@ -183,18 +183,24 @@ def point_summary(rows: Sequence[dict], methods: Sequence[str] | None = None) ->
     }
 
 
-def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
+              ceiling: Sequence[dict] = ()) -> dict[str, Any]:
     """summary.json: point_summary, then every score's bootstrap interval and paired differences, and the
-    calibration / coefficient / routing-diagnostics tables."""
+    calibration / coefficient / routing-diagnostics tables; the per-sample ceiling's table when `ceiling` holds
+    the run's stored λ-grid views (tcube.reporting.ceiling.load_ceiling)."""
+    from .ceiling import ceiling_table
     from .tables import calibration_table, coefficient_table, diagnostics_table
 
-    return {
+    out = {
         **point_summary(rows, methods),
         "uncertainty": analyze(rows, methods, n_boot=n_boot, seed=seed),
         "calibration": calibration_table(rows),
         "coefficients": coefficient_table(rows),
         "diagnostics": diagnostics_table(rows, methods),
     }
+    if ceiling:
+        out["ceiling"] = ceiling_table(rows, ceiling)
+    return out
 
 
 # -- markdown --------------------------------------------------------------------------------------
@@ -270,7 +276,28 @@ def _side_tables(summary: dict[str, Any], expert: str, h: str) -> list[str]:
                        [[f"{c['dataset']}/{c['subset']}", c["method"]] + [_fmt(c["params"].get(k), 3) for k in keys]
                         for c in coef]), ""]
     out += _diagnostics(summary, [expert], h)
+    out += _ceiling(summary, expert, h)
     return out
+
+
+def _ceiling(summary: dict[str, Any], expert: str, h: str) -> list[str]:
+    entries = [e for e in summary.get("ceiling") or [] if str(e["expert_data"]) == expert]
+    if not entries:
+        return []
+    methods = list(dict.fromkeys(m for e in entries for m in e["methods"]))
+    return [f"{h} Per-sample ceiling ({len(entries[0]['grid'])}-point λ grid; λ = weight on the generalist)", "",
+            ("Top-1 of the static merge at each grid λ, on each view's own test images. best static = the best "
+             "single λ in hindsight (chosen on test labels); oracle = an image counts if any grid λ classifies it "
+             "(the ceiling of every per-sample λ rule); rec. = share of the gap from best static to oracle a method "
+             "recovers, in percent (negative: below the best static merge; – where the gap is 0). Views weigh "
+             "the same, as in the tables above."), "",
+            _table(["protocol", "view", "cells", "expert", "generalist", "best static λ", "best static", "oracle"]
+                   + [h2 for m in methods for h2 in (m, f"rec. {m}")],
+                   [[e["protocol"], e["view"], e["cells"], e["expert"], e["generalist"], _fmt(e["static_lambda"], 2),
+                     e["static"], e["oracle"]]
+                    + [v for m in methods for v in (e["methods"].get(m, {}).get("top1"),
+                                                    e["methods"].get(m, {}).get("recovered"))]
+                    for e in entries]), ""]
 
 
 def _diagnostics(summary: dict[str, Any], experts: Sequence[str], h: str) -> list[str]:
@@ -406,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else _default_out(args.run_dirs)
     if len(runs) == 1:
+        from .ceiling import load_ceiling
+
         rows = runs[0].rows
-        summary = summarize(rows, method_order(rows))
+        summary = summarize(rows, method_order(rows), ceiling=load_ceiling(runs[0].path))
         text = render_report(summary, rows, {"run_dir": str(runs[0].path), "cells": len(rows)})
     else:
         summary = aggregate(runs, method_order([r for run in runs for r in run.rows]))
