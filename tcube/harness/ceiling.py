@@ -59,7 +59,7 @@ class CeilingGrid:
         """One bit string per grid λ (image order = the cell's `correct`), and the seconds the merges took."""
         r = self.runner
         info = r.pairs(es.expert)
-        merger, _ = r._merger(es.expert, info, es.data, es.classes)
+        merger, _ = r.merger_for(es.expert, info, es.data, es.classes)
         n = r.views.view_size(es.data, "test", es.classes, es.limit)
         images, labels = r.views.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
                                            es.severity, es.limit)
@@ -69,14 +69,11 @@ class CeilingGrid:
         start = time.perf_counter()
         out = []
         for lam in tqdm(self.grid, desc=f"ceiling {es.data.name}", leave=False, disable=not self.progress):
-            before = set(merger._static)
             preds = [merger.predict(x, "wise_ft", endpoint_logits=(g.to(merger.device), e.to(merger.device)),
                                     alpha=lam).preds.cpu()
                      for x, g, e in zip(images.split(r.batch_size), gen.split(r.batch_size),
                                         exp.split(r.batch_size))]
-            # the Merger keeps every static merge it builds (a model copy each); 21 of them would hold 21 models
-            for key in set(merger._static) - before:
-                del merger._static[key]
+            merger.forget_static_merges()  # each is a model copy: 21 kept would hold 21 models
             out.append("".join("1" if c else "0" for c in (torch.cat(preds) == labels).tolist()))
         return out, time.perf_counter() - start
 

@@ -64,7 +64,7 @@ class CellRunner:
         self._max_mergers = max_mergers
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _merger(self, role: str, info: PairInfo, data: DataRef, classes) -> tuple[Merger, set]:
+    def merger_for(self, role: str, info: PairInfo, data: DataRef, classes) -> tuple[Merger, set]:
         descriptions, templates = data.prompts(classes)
         key = (role, data.name, tuple(descriptions), tuple(templates))
         if key in self._mergers:
@@ -106,7 +106,7 @@ class CellRunner:
     def run(self, es: EvalSet, variants: Sequence[Variant]) -> Iterator[tuple[Variant, dict[str, Any]]]:
         """Yield (variant, metrics) for each variant on `es`, as each finishes."""
         info = self.pairs(es.expert)
-        merger, loaded = self._merger(es.expert, info, es.data, es.classes)
+        merger, loaded = self.merger_for(es.expert, info, es.data, es.classes)
         n_total = self.views.view_size(es.data, "test", es.classes, es.limit)
         block = self.dist.batch_block(n_total, self.batch_size)  # everything when not distributed
         images, labels = self.views.load_view(es.data, "test", es.classes, info.pair.preprocess, es.corruption,
@@ -121,7 +121,7 @@ class CellRunner:
         same_weights: dict[str, tuple] = {}  # merged weights' fingerprint -> (preds, λ, JS) already computed
         for variant in variants:
             if variant.needs_tuning:
-                tuning = self.tuner.tune(es, info, merger, loaded, self._merger)
+                tuning = self.tuner.tune(es, info, merger, loaded, self.merger_for)
             static = merger.static_model(variant.method, **variant.kwargs)
             weights = self._weights_fingerprint(static[0]) if static else None
             shared_with = None

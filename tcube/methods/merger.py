@@ -140,6 +140,10 @@ class Merger:
         m, p, used = self._resolve(method, params)
         return self._static_model(m, p)[0], used
 
+    def forget_static_merges(self) -> None:
+        """Drop the static merges built so far (a model copy each); they are rebuilt when asked for again."""
+        self._static.clear()
+
     def _static_model(self, m: Method, p: Any) -> tuple[nn.Module, torch.Tensor]:
         key = (m.name, p)  # params are frozen dataclasses: equal values, one merge
         if key not in self._static:
