@@ -73,7 +73,8 @@ def test_the_generalist_saw_the_new_dataset_and_its_manifest_says_so(new_data, n
     gen = read_manifest(folders[0] / "generalist")
     assert list(gen["trained_on"]) == ["breastmnist", NEW]                   # built-in present, then configured
     seen = gen["trained_on"][NEW]
-    assert seen["class_names"] == CLASSES and seen["images"] == 56 and len(seen["md5"]) == 32
+    assert seen["class_names"] == CLASSES and len(seen["md5"]) == 32
+    assert seen["fraction"] == 0.1 and seen["images"] == 7  # a 10% share: ceil(0.1 · 8) = 1 image of each class
     assert seen["templates"][0] == "a capsule endoscopy frame showing {}."
     assert gen["datasets_key"] == folders[0].name.removeprefix("seed0-")
     assert [d["modality"] for d in gen["datasets"]] == ["breast_ultrasound", "capsule_endoscopy"]
@@ -84,6 +85,7 @@ def test_experts_for_the_new_dataset_were_trained_on_first_use(new_data, new_run
     folder = next((new_data / "home" / "zoo" / "smoke").iterdir())
     gen, exp, base = (read_manifest(folder / n) for n in ("generalist", f"expert-{NEW}", f"expert-{NEW}-base"))
     assert list(exp["trained_on"]) == [NEW] and exp["trained_on"][NEW]["classes"] == list(range(7))
+    assert exp["trained_on"][NEW]["images"] == 56 and exp["trained_on"][NEW]["fraction"] == 1.0  # experts: all
     assert base["trained_on"][NEW]["classes"] == [0, 1, 2, 3]                 # base = first ⌈7/2⌉ classes
     assert exp["parent"]["weights_sha256"] == base["parent"]["weights_sha256"] == gen["weights_sha256"]
 

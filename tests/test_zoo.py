@@ -88,6 +88,32 @@ def test_publish_is_atomic(monkeypatch, tmp_path):
     assert read_manifest(final)["weights_sha256"] and sorted(p.name for p in tmp_path.iterdir()) == ["generalist"]
 
 
+def test_labelled_share_is_class_stratified_seeded_and_names_bad_fractions():
+    from dataclasses import replace
+
+    from tcube.zoo.data import Split, labelled_share
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 3)
+    split = Split("d", "train", torch.arange(83).view(83, 1, 1, 1).to(torch.uint8), labels, (0, 1, 2),
+                  ("a", "b", "c"), ("{}",))
+    share = labelled_share(split, 0.1, seed=0)
+    assert torch.bincount(share.labels).tolist() == [5, 3, 1]            # ceil(0.1 · n_c), at least one per class
+    assert torch.equal(share.labels, labels[share.images.flatten().long()])  # images stay with their labels
+    assert share.images.flatten().tolist() == sorted(share.images.flatten().tolist())  # file order
+    again, other = labelled_share(split, 0.1, seed=0), labelled_share(split, 0.1, seed=1)
+    assert torch.equal(again.images, share.images) and not torch.equal(other.images, share.images)
+    assert labelled_share(split, 1.0, seed=0) is split
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        labelled_share(split, 0.0, seed=0)
+    with pytest.raises(ValueError, match="generalist_fraction"):
+        replace(get_recipe("default"), generalist_fraction=1.5)
+    assert get_recipe("default").generalist_fraction == 0.1 and get_recipe("full").generalist_fraction == 1.0
+    # the profiles of the gap sweep differ from the default only in the share
+    for name in ("share05", "share25", "full"):
+        r = get_recipe(name)
+        assert replace(r, profile="default", generalist_fraction=0.1) == get_recipe("default")
+
+
 # --------------------------------------------------------------------------------- smoke zoo
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,17 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .data import Split, dataset_file, dataset_set, describe, load_split, set_key, spec_of, zoo_datasets
+from .data import (
+    Split,
+    dataset_file,
+    dataset_set,
+    describe,
+    labelled_share,
+    load_split,
+    set_key,
+    spec_of,
+    zoo_datasets,
+)
 from .recipe import Recipe, get_recipe
 from .store import (
     GENERALIST,
@@ -148,10 +158,13 @@ def train_seed(seed: int, name: str) -> int:
     return int(seed) if name == GENERALIST else zlib.crc32(f"{int(seed)}:{name}".encode()) & 0x7FFFFFFF
 
 
-def training_splits(key: ModelKey, recipe: Recipe, datasets: Sequence[DatasetSpec], data_root) -> list[Split]:
-    """Train splits: the generalist's whole dataset set, or one dataset (maybe base classes) for an expert."""
+def training_splits(key: ModelKey, recipe: Recipe, datasets: Sequence[DatasetSpec], data_root,
+                    seed: int = 0) -> list[Split]:
+    """Train splits: the generalist's share (recipe.generalist_fraction, drawn per zoo seed) of every dataset of
+    its set, or one dataset's whole train split (maybe base classes only) for an expert."""
     if key.kind == GENERALIST:
-        return [load_split(s, "train", root=data_root, preprocess_cfg=recipe.preprocess_cfg) for s in datasets]
+        return [labelled_share(load_split(s, "train", root=data_root, preprocess_cfg=recipe.preprocess_cfg),
+                               recipe.generalist_fraction, seed) for s in datasets]
     # a built-in dataset outside the set has no file here: loading it gives the data layer's error
     spec = {s.name: s for s in datasets}.get(key.dataset) or spec_of(key.dataset)
     classes = None
@@ -190,7 +203,7 @@ def train_model(key: ModelKey, recipe: Recipe, seed: int, data_root, generalist=
     from .train import new_expert, new_generalist, train_clip, training_device
 
     datasets = dataset_set((), data_root) if datasets is None else datasets
-    splits = training_splits(key, recipe, datasets, data_root)
+    splits = training_splits(key, recipe, datasets, data_root, seed)
     if key.kind == GENERALIST:
         model, stage = new_generalist(recipe, seed), recipe.generalist
     else:
@@ -231,7 +244,9 @@ def _train_and_publish(key: ModelKey, zoo: Zoo, final: Path, parent: dict[str, A
         "data": {d: {"file": str(p.resolve()), "md5": md5[d]} for d, p in files.items()},
         # the generalist's dataset set, which keys the zoo folder (null: the built-in four)
         "datasets_key": zoo.key, "datasets": [describe(s) for s in zoo.datasets],
-        "trained_on": {s.dataset: {"split": "train", "images": len(s), "classes": list(s.classes),
+        "trained_on": {s.dataset: {"split": "train", "images": len(s),
+                                   "fraction": recipe.generalist_fraction if key.kind == GENERALIST else 1.0,
+                                   "classes": list(s.classes),
                                    "class_names": [specs[s.dataset].classes[c] for c in s.classes]
                                    if s.dataset in specs else None,
                                    "md5": md5[s.dataset], "descriptions": list(s.descriptions),

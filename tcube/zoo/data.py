@@ -6,9 +6,12 @@ batches in torch, and what the zoo trains on is exactly what `load_pair(...).pre
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,6 +131,23 @@ class Split:
     def captions(self) -> list[str]:
         """Class-major captions: captions[c * T + t] = templates[t].format(descriptions[c])."""
         return [t.format(d) for d in self.descriptions for t in self.templates]
+
+
+def labelled_share(split: Split, fraction: float, seed: int) -> Split:
+    """A seeded, class-stratified share of `split`: ceil(fraction · n_c) images of each class c (at least one),
+    in file order. fraction 1 returns `split` itself."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a labelled share must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return split
+    g = torch.Generator().manual_seed(zlib.crc32(f"{int(seed)}:{split.dataset}".encode()))
+    keep = []
+    for c in range(len(split.descriptions)):
+        idx = torch.nonzero(split.labels == c).flatten()
+        if len(idx):
+            keep.append(idx[torch.randperm(len(idx), generator=g)[:max(1, math.ceil(fraction * len(idx)))]])
+    idx = torch.cat(keep).sort().values
+    return dataclasses.replace(split, images=split.images[idx], labels=split.labels[idx])
 
 
 def load_split(dataset: str | DatasetSpec, split: str, *, root: str | os.PathLike | None = None,
