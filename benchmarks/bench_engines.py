@@ -11,7 +11,7 @@ run by default (one-shot and streamed, plus the naive reference).
 
 Three kinds of rows (the × T^3_B column compares rows of the same kind):
 - one-shot: `merge_and_predict(...)` with its defaults, one call per batch (builds everything each call); median
-  of 5 calls (2 at the 224-px scales), T^3_B and T^3 calls alternating on the same batches;
+  of 15 calls (2 at the 224-px scales), T^3_B and T^3 calls alternating on the same batches;
 - streamed: one `Merger(...)` with its defaults, built and then fed --stream-batches batches; seconds per batch
   include the build; the T^3_B and T^3 Mergers' batches alternate;
 - warm: a Merger warmed on one batch, then timed per batch (engine against engine, as before).
@@ -203,7 +203,7 @@ def bench_scale(scale: str, batch: int, device: str, tmp: Path, grid_size: int, 
     gen, exp = gen.to(device), exp.to(device)
     g = torch.Generator().manual_seed(1)
     # a fresh batch for every timed call: new λ values, so no engine may reuse merged weights or heads
-    one_shot_reps = 1 if MEMORY_PASS else 5 if scale == "small" else 2
+    one_shot_reps = 1 if MEMORY_PASS else 15 if scale == "small" else 2
     fresh = [torch.randn(batch, 3, size, size, generator=g).to(device)
              for _ in range(max(7, 2 + stream_batches, 1 + one_shot_reps))]
     warm, images = fresh[0], fresh[1]
