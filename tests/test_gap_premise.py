@@ -50,15 +50,16 @@ def test_premise_rows_from_manifests():
         zoos.append({
             "generalist": _manifest("generalist", None, {"a": 50 + shift, "b": 60, "c": 70}),
             "expert-a": _manifest("expert", "a", {"a": 60 + shift, "b": 50, "c": 72}),
-            "expert-b": _manifest("expert", "b", {"a": 40, "b": 65, "c": 60}),
+            "expert-b": _manifest("expert", "b", {"a": 40, "b": 65 - shift, "c": 60}),
         })
     rows = {r["dataset"]: r for r in premise_rows(zoos)}
     assert rows["a"]["gain_in"] == (10.0, 0.0)
     assert rows["a"]["generalist_other"][0] == pytest.approx(65.0) and rows["a"]["expert_other"][0] == pytest.approx(61.0)
     assert rows["a"]["expert_loses_every_other"] == 0  # c: 72 > 70
     assert rows["b"]["expert_loses_every_other"] == 2
-    assert rows["b"]["gain_in"][0] == 5.0 and math.isclose(rows["b"]["generalist_in"][1], 0.0)
+    assert rows["a"]["gain_in_at_least_5"] == 2 and rows["b"]["gain_in_at_least_5"] == 1  # b: +5.0, then +3.0
+    assert rows["b"]["gain_in"][0] == 4.0 and math.isclose(rows["b"]["generalist_in"][1], 0.0)
     text = format_premise(list(rows.values()))
-    assert "| a | 51.0 ± 1.4 | 61.0 ± 1.4 | +10.0 ± 0.0 |" in text
+    assert "| a | 51.0 ± 1.4 | 61.0 ± 1.4 | +10.0 ± 0.0 |" in text and text.endswith("| 1 of 2 | 2 of 2 |")
     with pytest.raises(ValueError, match="expert-a"):
         premise_rows([{"generalist": zoos[0]["generalist"], "expert-b": zoos[0]["expert-b"]}, zoos[0]])
