@@ -36,7 +36,8 @@ def test_gap_table_groups_profiles_sorted_by_gap_with_seed_counts():
     assert wide["seeds"] == 2 and wide["gap"][0] == pytest.approx((a[0]["gap"] + a[1]["gap"]) / 2)
     t3 = wide["scores"]["in_domain: top-1"]["t3"]
     assert t3["n"] == 2 and t3["significant"] == sum(r["diffs"]["in_domain: top-1"]["t3"][3] for r in a)
-    assert "+1.0 ± 0.0 [1/1]" in render_gap(table, ["t3"])
+    text = render_gap(table, ["t3"])
+    assert "| narrow | -2.0 | +1.0 [1/1] |" in text and f"| wide | {wide['gap'][0]:+.1f} ± " in text
     assert REFERENCE.startswith("wise_ft")
 
 

@@ -51,20 +51,23 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _pm(value: tuple[float, float], n: int) -> str:
+    return f"{value[0]:+.1f} ± {value[1]:.1f}" if n > 1 else f"{value[0]:+.1f}"  # one seed: no spread to show
+
+
 def render_gap(table: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str:
-    """Markdown: one table per headline score; cells are Δ vs WiSE-FT(0.5), mean ± std over seeds, with
-    [k/n] = seeds whose paired 95% interval excludes 0."""
+    """Markdown: one table per headline score; cells are Δ vs WiSE-FT(0.5), mean ± std over seeds (the value
+    alone for one seed), with [k/n] = seeds whose paired 95% interval excludes 0."""
     parts = []
     for s in SCORES:
         head = ["zoo profile", "in-domain gap (expert − generalist)"] + [m for m in methods]
         lines = [f"**{s}**: Δ vs WiSE-FT(0.5) (points)", "", "| " + " | ".join(head) + " |",
                  "|---|" + "---:|" * (len(head) - 1)]
         for row in table:
-            cells = [row["profile"], f"{row['gap'][0]:+.1f} ± {row['gap'][1]:.1f}"]
+            cells = [row["profile"], _pm(row["gap"], row["seeds"])]
             for m in methods:
                 v = row["scores"].get(s, {}).get(m)
-                cells.append("" if v is None else
-                             f"{v['diff'][0]:+.1f} ± {v['diff'][1]:.1f} [{v['significant']}/{v['n']}]")
+                cells.append("" if v is None else f"{_pm(v['diff'], v['n'])} [{v['significant']}/{v['n']}]")
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
