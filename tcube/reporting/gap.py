@@ -91,6 +91,8 @@ def gap_figure(table: Sequence[Mapping[str, Any]], methods: Sequence[str]):
             ax.errorbar([g[0] for g, _ in pts], [d[0] for _, d in pts], xerr=[g[1] for g, _ in pts],
                         yerr=[d[1] for _, d in pts], marker="o", capsize=3, label=m, color=method_color(m))
         ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks([r["gap"][0] for r in table], [f"{r['profile']}\n{r['gap'][0]:+.1f}" for r in table],
+                      fontsize="small")  # which zoo each point is
         ax.set_xlabel("in-domain gap: expert − generalist top-1 (points)")
         ax.set_ylabel("Δ vs WiSE-FT(0.5) (points)")
         ax.set_title(s)
