@@ -162,33 +162,33 @@ def _trim() -> None:
 MEMORY_PASS = False  # set by --memory-pass: one call per config, RSS made exact (slower allocations)
 
 
+def _clock(fn, device: str):
+    """(result, seconds) of one call, synchronized on CUDA so the seconds include the kernels."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
 def timed(fn, device: str, min_seconds: float = 1.0, max_reps: int = 6):
     """Median seconds of repeated calls (at least one, more while under min_seconds), and peak memory."""
     times, out = [], None
     with PeakMemory(device) as mem:
         while not times or (not MEMORY_PASS and sum(times) < min_seconds and len(times) < max_reps):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            result, seconds = _clock(fn, device)
             if not times:  # keep the first call's output (it ran on the first batch)
                 out = result
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     return out, sorted(times)[len(times) // 2], mem.peak / 2**20
 
 
 def timed_call(fn, device: str):
     """(result, seconds, peak MiB) of one call."""
     with PeakMemory(device) as mem:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        result, seconds = _clock(fn, device)
     return result, seconds, mem.peak / 2**20
 
 
