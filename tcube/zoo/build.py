@@ -159,7 +159,7 @@ def train_seed(seed: int, name: str) -> int:
 
 
 def training_splits(key: ModelKey, recipe: Recipe, datasets: Sequence[DatasetSpec], data_root,
-                    seed: int = 0) -> list[Split]:
+                    seed: int) -> list[Split]:
     """Train splits: the generalist's share (recipe.generalist_fraction, drawn per zoo seed) of every dataset of
     its set, or one dataset's whole train split (maybe base classes only) for an expert."""
     if key.kind == GENERALIST:

@@ -184,7 +184,7 @@ PROFILES: dict[str, Recipe] = {
     # Seconds, not quality: for tests and CI (same architecture and code path as `default`).
     "smoke": Recipe(
         profile="smoke",
-        generalist=dataclasses.replace(GENERALIST, batch_size=32, epochs=None, steps=6),
+        generalist=dataclasses.replace(GENERALIST, batch_size=32, steps=6),
         expert=dataclasses.replace(EXPERT, batch_size=32, steps=4),
         base_expert=dataclasses.replace(EXPERT, batch_size=32, steps=4),
         generalist_fraction=GENERALIST_FRACTION,
