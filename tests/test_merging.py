@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tcube.core.merging import (
+    combine,
     dare,
     interpolate,
     slerp,
@@ -64,6 +65,22 @@ def test_task_vector_and_arithmetic_hand() -> None:
     # a single state dict is accepted; scale 1 with one expert gives the expert back
     torch.testing.assert_close(task_arithmetic(base, ft1, scale=1.0)["w"], ft1["w"])
     torch.testing.assert_close(task_arithmetic(base, ft1, scale=2.0)["w"], T([3.0, 1.0, -1.0, 1.0]))
+
+
+def test_combine_hand() -> None:
+    gen = sd([1.0, 1.0, 1.0, 1.0])
+    experts = [sd([2.0, 1.0, 0.0, 1.0]), sd([1.0, 3.0, 1.0, 0.0])]  # τ1 = [1, 0, -1, 0], τ2 = [0, 2, 0, -1]
+    # θ_gen + 0.5·τ1 − 1·τ2 (any finite weights: negative and extrapolated too)
+    torch.testing.assert_close(combine(gen, experts, [0.5, -1.0])["w"], T([1.5, -1.0, 0.5, 2.0]))
+    torch.testing.assert_close(combine(gen, experts, [0.0, 0.0])["w"], gen["w"])
+    # one expert with w = 1 − λ is the two-model rule (λ = weight on the generalist)
+    torch.testing.assert_close(combine(gen, experts[:1], [0.7])["w"], interpolate(gen, experts[0], 0.3)["w"])
+    with pytest.raises(ValueError, match="one weight per expert"):
+        combine(gen, experts, [0.5])
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        combine(gen, experts, [0.5, float("nan")])
+    with pytest.raises(ValueError, match="sd_experts"):
+        combine(gen, [], [])
 
 
 # ----------------------------------------------------------------------------- TIES
@@ -265,6 +282,7 @@ def _all_merges(a: dict, b: dict) -> dict[str, dict]:
         "weight_average": weight_average([a, b]),
         "task_vector": task_vector(a, b),
         "task_arithmetic": task_arithmetic(a, [b, b], scale=0.5),
+        "combine": combine(a, [b, b], [0.3, 0.2]),
         "ties": ties(a, [b, b], density=0.5, scale=1.0),
         "dare": dare(a, [b, b], drop=0.5, scale=1.0, seed=0),
         "slerp": slerp(a, b, alpha=0.3),

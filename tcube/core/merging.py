@@ -24,6 +24,7 @@ __all__ = [
     "wise_ft",
     "task_vector",
     "task_arithmetic",
+    "combine",
     "ties",
     "dare",
     "slerp",
@@ -196,6 +197,26 @@ def task_arithmetic(
         return b + scale * total
 
     return _merge([base, *fts], fn)
+
+
+def combine(sd_gen: StateDict, sd_experts: Sequence[StateDict], weights: Sequence[float]) -> dict[str, Tensor]:
+    """θ_gen + Σ_k w_k·(θ_k − θ_gen): one weight per expert on its task vector (any finite values).
+
+    The multi-expert merge (several experts fine-tuned from one generalist); with one expert and
+    w = 1 − λ it is ``interpolate(sd_gen, sd_exp, λ)``.
+    """
+    experts = _as_list(sd_experts, "sd_experts")
+    ws = [_finite(f"weights[{k}]", w) for k, w in enumerate(weights)]
+    if len(ws) != len(experts):
+        raise ValueError(f"need one weight per expert: {len(experts)} experts, {len(ws)} weights")
+
+    def fn(_k: str, t: list[Tensor]) -> Tensor:
+        out = t[0]
+        for w, x in zip(ws, t[1:]):
+            out = out + w * (x - t[0])
+        return out
+
+    return _merge([sd_gen, *experts], fn)
 
 
 def _topk_mask(x: Tensor, density: float) -> Tensor:

@@ -47,11 +47,19 @@ def merged_logits(engine: Engine, images: torch.Tensor, lam: torch.Tensor, heads
     logits_i = exp(logit_scale(λ_i)) · normalize(img(x_i; λ_i)) · head(λ_i)ᵀ (+ merged logit_bias).
     """
     lam = engine.effective_lambdas(lam)
-    img = F.normalize(engine.image_features(images, lam).float(), dim=-1)
-    head = heads(lam, img).float()  # [B, C, E]; adaptive heads check their error on these features
+    return logits_at(engine, images, lam, heads), lam
+
+
+def logits_at(engine, images: torch.Tensor, coef: torch.Tensor, heads) -> torch.Tensor:
+    """Logits [B, C] of each sample's merged model at its coefficients (λ [B], or w [B, K] for several experts).
+
+    Any engine with image_features / logit_scale / logit_bias taking those coefficients; heads(coef, img) [B, C, E].
+    """
+    img = F.normalize(engine.image_features(images, coef).float(), dim=-1)
+    head = heads(coef, img).float()  # [B, C, E]; adaptive heads check their error on these features
     with torch.autocast(img.device.type, enabled=False):  # the cosine logits stay fp32 under mixed precision
-        logits = engine.logit_scale(lam).float().unsqueeze(1) * torch.einsum("be,bce->bc", img, head)
-    bias = engine.logit_bias(lam)
+        logits = engine.logit_scale(coef).float().unsqueeze(1) * torch.einsum("be,bce->bc", img, head)
+    bias = engine.logit_bias(coef)
     if bias is not None:
         logits = logits + bias.float().unsqueeze(1)
-    return logits, lam
+    return logits

@@ -1,13 +1,16 @@
-"""The fused engine: exact per-sample merging of a generalist/expert pair in one batched forward.
+"""The fused engine: exact per-sample merging in one batched forward.
 
-`FusedCLIP` deep-copies the expert, swaps every weight-bearing module for its fused twin
-(fused_ops.py) and handles the parameters that towers use directly (class/positional embeddings,
-projections, logit_scale) here, per supported tower: open_clip VisionTransformer / text transformer,
-timm ViT (BiomedCLIP's image tower) and Hugging Face text encoders (BiomedCLIP's BERT).
+`FusedModel(base, others)` runs row r with θ_r = θ_base + Σ_k c_rk·(θ_k − θ_base): it deep-copies the
+base, swaps every weight-bearing module for its fused twin (fused_ops.py) and handles the parameters that
+towers use directly (class/positional embeddings, projections, logit_scale) here, per supported tower:
+open_clip VisionTransformer / text transformer, timm ViT (BiomedCLIP's image tower) and Hugging Face text
+encoders (BiomedCLIP's BERT). `FusedCLIP` is the pair (base = expert, other = generalist, c = λ); the
+multi-expert engine (multi.py) uses base = generalist, others = the experts.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -21,38 +24,57 @@ from .fused_ops import (
     FusedLayerScale,
     FusedLinear,
     FusedMultiheadAttention,
-    RowLambda,
-    delta_or_none,
+    RowCoefficients,
+    add_mixed,
+    as_matrix,
+    columns,
     per_row,
+    stack_deltas,
 )
 
 CHUNK_BYTES = 64 * 2**20
 
 
-class FusedCLIP(nn.Module):
-    """A merged open_clip model whose every row r runs with θ_r = θ_exp + λ_r·(θ_gen − θ_exp)."""
+class FusedModel(nn.Module):
+    """A merged open_clip model whose every row r runs with θ_r = θ_base + Σ_k c_rk·(θ_k − θ_base).
 
-    def __init__(self, generalist: nn.Module, expert: nn.Module, *, chunked_min_tokens: int | None = None,
+    Coefficients c are [R, K] (K = len(others)), or [R] when there is one other model.
+    """
+
+    def __init__(self, base: nn.Module, others: Sequence[nn.Module], *, chunked_min_tokens: int | None = None,
                  chunk_bytes: int = CHUNK_BYTES):
         super().__init__()
-        self.rows = RowLambda()
-        self.model = copy.deepcopy(expert).eval()
+        others = list(others)
+        if not others:
+            raise ValueError("fused model needs at least one other model to take deltas against")
+        self.num_others = len(others)
+        self.rows = RowCoefficients()
+        self.model = copy.deepcopy(base).eval()
         linear_kw = dict(chunked_min_tokens=chunked_min_tokens, chunk_bytes=chunk_bytes)
-        _check_buffers(generalist, expert)
-        gen_modules = dict(generalist.named_modules())
+        _check_buffers(base, others)
+        other_modules = [dict(o.named_modules()) for o in others]
         fused_params: set[str] = set()
         replaced: list[str] = []
         for name, module in list(self.model.named_modules()):
             if any(name.startswith(r + ".") for r in replaced):
                 continue  # inside a module already fused as a whole (e.g. attention's out_proj)
-            twin = _fuse_module(module, gen_modules[name], self.rows, linear_kw)
+            twin = _fuse_module(module, [m[name] for m in other_modules], self.rows, linear_kw)
             if twin is not None:
                 fused_params.update(f"{name}.{p}" for p, _ in module.named_parameters())
                 _replace(self.model, name, twin)
                 replaced.append(name)
-        gen_params = dict(generalist.named_parameters())
-        self.direct = {n: (p.detach(), delta_or_none(gen_params[n], p)) for n, p in self.model.named_parameters()}
+        other_params = [dict(o.named_parameters()) for o in others]
+        # name -> (base parameter, its nonzero deltas [m, ...] or None, their indices k)
+        self.direct = {n: (p.detach(), *stack_deltas(p, [o[n] for o in other_params]))
+                       for n, p in self.model.named_parameters()}
         self._check_supported(fused_params)
+
+    def coefficients(self, coef: torch.Tensor) -> torch.Tensor:
+        """coef as [R, K], checked against the number of other models."""
+        coef = as_matrix(coef)
+        if coef.shape[1] != self.num_others:
+            raise ValueError(f"fused model has {self.num_others} deltas but the coefficients are {tuple(coef.shape)}")
+        return coef
 
     def _check_supported(self, fused_params: set[str]) -> None:
         visual, text = _visual_kind(self.model), _text_kind(self.model)
@@ -66,36 +88,44 @@ class FusedCLIP(nn.Module):
         self.visual_kind, self.text_kind = visual, text
 
     # -- per-row parameters used directly by the towers --------------------------------------------
-    def param(self, name: str, lam: torch.Tensor) -> torch.Tensor:
-        """[R, *shape] per-row merged parameter, or the shared expert parameter when Δ = 0."""
-        base, delta = self.direct[name]
-        return per_row(base, delta, lam)
+    def param(self, name: str, coef: torch.Tensor) -> torch.Tensor:
+        """[R, *shape] per-row merged parameter, or the shared base parameter when every Δ = 0."""
+        base, deltas, index = self.direct[name]
+        return per_row(base, deltas, columns(coef, index))
 
-    def _matmul(self, x: torch.Tensor, name: str, lam: torch.Tensor) -> torch.Tensor:
-        """x [R, D] @ (P_exp + λ_r ΔP) without forming R matrices."""
-        base, delta = self.direct[name]
+    def _has_delta(self, name: str) -> bool:
+        return self.direct[name][1] is not None
+
+    def _matmul(self, x: torch.Tensor, name: str, coef: torch.Tensor) -> torch.Tensor:
+        """x [R, D] @ (P_base + Σ_k c_rk ΔP_k) without forming R matrices."""
+        base, deltas, index = self.direct[name]
         y = x @ base
-        return y if delta is None else torch.addcmul(y, lam.to(y.dtype).view(-1, 1), x @ delta)
+        if deltas is None:
+            return y
+        parts = (x @ deltas.permute(1, 0, 2).flatten(1)).unflatten(-1, (-1, base.shape[-1]))  # [R, m, E]
+        return add_mixed(y, columns(coef, index).to(y.dtype), parts, -2)
 
     # -- public per-row API --------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        with self.rows.set(lam):
+    def encode_image(self, images: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        coef = self.coefficients(coef)
+        with self.rows.set(coef):
             if self.visual_kind == "open_clip_vit":
-                return self._open_clip_vit(self.model.visual, images, lam)
+                return self._open_clip_vit(self.model.visual, images, coef)
             trunk = self.model.visual.trunk  # timm ViT: per-row cls/reg tokens and positional embedding
-            overrides = {f"trunk.{n}": self.param(f"visual.trunk.{n}", lam).squeeze(1)
+            overrides = {f"trunk.{n}": self.param(f"visual.trunk.{n}", coef).squeeze(1)
                          for n in ("cls_token", "reg_token", "pos_embed")
-                         if getattr(trunk, n, None) is not None and self.direct[f"visual.trunk.{n}"][1] is not None}
+                         if getattr(trunk, n, None) is not None and self._has_delta(f"visual.trunk.{n}")}
             return torch.func.functional_call(self.model.visual, overrides, (images,), strict=False)
 
     @torch.no_grad()
-    def encode_text(self, tokens: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        coef = self.coefficients(coef)
         tokens = self.trim_padding(tokens)
-        with self.rows.set(lam):
+        with self.rows.set(coef):
             if self.text_kind == "hf_text":
                 return self.model.text(tokens)
-            return self._open_clip_text(tokens, lam)
+            return self._open_clip_text(tokens, coef)
 
     def trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop the padding columns after the longest prompt, where that leaves the pooled output unchanged.
@@ -115,37 +145,42 @@ class FusedCLIP(nn.Module):
         masked = tower.attn_mask is not None or getattr(tower, "use_pad_mask", False)
         return getattr(tower, "pad_id", 0) if masked and pool in ("argmax", "eos", "first") else None
 
-    def logit_scale(self, lam: torch.Tensor) -> torch.Tensor:
-        return self._scalar("logit_scale", lam).exp()
+    def logit_scale(self, coef: torch.Tensor) -> torch.Tensor:
+        return self._scalar("logit_scale", coef).exp()
 
-    def logit_bias(self, lam: torch.Tensor) -> torch.Tensor | None:
+    def logit_bias(self, coef: torch.Tensor) -> torch.Tensor | None:
         if getattr(self.model, "logit_bias", None) is None:
             return None
-        return self._scalar("logit_bias", lam)
+        return self._scalar("logit_bias", coef)
 
-    def _scalar(self, name: str, lam: torch.Tensor) -> torch.Tensor:
-        base, delta = self.direct[name]
-        base = base.reshape(-1)[0].float()
-        return base + lam.float() * (0.0 if delta is None else delta.reshape(-1)[0].float())
+    def _scalar(self, name: str, coef: torch.Tensor) -> torch.Tensor:
+        """[R] per-row merged scalar parameter (in float32)."""
+        base, deltas, index = self.direct[name]
+        base, coef = base.reshape(-1)[0].float(), self.coefficients(coef).float()
+        if deltas is None:
+            return base + coef[:, 0] * 0.0  # still one value per row
+        if len(index) == 1:  # the pair engines' expression
+            return base + coef[:, index[0]] * deltas.reshape(-1)[0].float()
+        return base + columns(coef, index) @ deltas.reshape(-1).float()
 
     # -- tower forwards mirroring open_clip, with per-row parameters ----------------------------------
-    def _open_clip_vit(self, v, images, lam):
+    def _open_clip_vit(self, v, images, coef):
         x = v.conv1(images)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = self.param("visual.class_embedding", lam).expand(x.shape[0], -1).unsqueeze(1)
+        cls = self.param("visual.class_embedding", coef).expand(x.shape[0], -1).unsqueeze(1)
         x = torch.cat([cls.to(x.dtype), x], dim=1)
-        x = x + self.param("visual.positional_embedding", lam).to(x.dtype)
+        x = x + self.param("visual.positional_embedding", coef).to(x.dtype)
         x = v.ln_pre(v.patch_dropout(x))
         x = v.transformer(x)
         pooled, _ = v._pool(x)
-        return pooled if v.proj is None else self._matmul(pooled, "visual.proj", lam)
+        return pooled if v.proj is None else self._matmul(pooled, "visual.proj", coef)
 
-    def _open_clip_text(self, text, lam):
+    def _open_clip_text(self, text, coef):
         m = self.model
         tower, prefix = (m.text, "text.") if self.text_kind == "open_clip_text_tower" else (m, "")
         seq_len = text.shape[1]
         x = tower.token_embedding(text)
-        x = x + self.param(prefix + "positional_embedding", lam)[..., :seq_len, :].to(x.dtype)
+        x = x + self.param(prefix + "positional_embedding", coef)[..., :seq_len, :].to(x.dtype)
         attn_mask = tower.attn_mask
         if attn_mask is not None:
             attn_mask = attn_mask[:seq_len, :seq_len]  # prompts trimmed of padding are shorter than the context
@@ -162,7 +197,14 @@ class FusedCLIP(nn.Module):
         proj = tower.text_projection
         if proj is None or isinstance(proj, nn.Module):
             return pooled if proj is None else proj(pooled)
-        return self._matmul(pooled, prefix + "text_projection", lam)
+        return self._matmul(pooled, prefix + "text_projection", coef)
+
+
+class FusedCLIP(FusedModel):
+    """The pair: every row r runs with θ_r = θ_exp + λ_r·(θ_gen − θ_exp) (base = expert, other = generalist)."""
+
+    def __init__(self, generalist: nn.Module, expert: nn.Module, **kw):
+        super().__init__(expert, [generalist], **kw)
 
 
 _DIRECT = {
@@ -174,12 +216,13 @@ _DIRECT = {
 }
 
 
-def _check_buffers(generalist: nn.Module, expert: nn.Module) -> None:
-    gen_buffers = dict(generalist.named_buffers())
-    for name, buf in expert.named_buffers():
-        if buf.is_floating_point() and name in gen_buffers and not torch.equal(buf, gen_buffers[name]):
-            raise ValueError(f"fused engine: float buffer '{name}' differs between the two models and its "
-                             "merge is not affine in λ (e.g. BatchNorm statistics); use engine='naive'")
+def _check_buffers(base: nn.Module, others: Sequence[nn.Module]) -> None:
+    for other in others:
+        other_buffers = dict(other.named_buffers())
+        for name, buf in base.named_buffers():
+            if buf.is_floating_point() and name in other_buffers and not torch.equal(buf, other_buffers[name]):
+                raise ValueError(f"fused engine: float buffer '{name}' differs between the models and its merge "
+                                 "is not affine in the coefficients (e.g. BatchNorm statistics); use engine='naive'")
 
 
 def _prefixed(name: str, handled: set[str]) -> bool:
@@ -222,7 +265,8 @@ def _text_kind(model: nn.Module) -> str:
     raise ValueError(f"fused engine: text tower {type(text).__name__} is not supported")
 
 
-def _fuse_module(module: nn.Module, gen: nn.Module, rows: RowLambda, linear_kw: dict) -> nn.Module | None:
+def _fuse_module(module: nn.Module, others: list[nn.Module], rows: RowCoefficients,
+                 linear_kw: dict) -> nn.Module | None:
     """The fused twin of a weight-bearing leaf module, or None for modules without own parameters."""
     from open_clip.transformer import LayerNormFp32
     from open_clip.transformer import LayerScale as OCLayerScale
@@ -232,17 +276,17 @@ def _fuse_module(module: nn.Module, gen: nn.Module, rows: RowLambda, linear_kw: 
     except ImportError:  # pragma: no cover - timm is a dependency
         TimmLayerScale = OCLayerScale
     if isinstance(module, nn.MultiheadAttention):
-        return FusedMultiheadAttention(module, gen, rows, **linear_kw)
+        return FusedMultiheadAttention(module, others, rows, **linear_kw)
     if isinstance(module, nn.Linear):
-        return FusedLinear.from_modules(module, gen, rows, **linear_kw)
+        return FusedLinear.from_modules(module, others, rows, **linear_kw)
     if isinstance(module, nn.Conv2d):
-        return FusedConv2d(module, gen, rows)
+        return FusedConv2d(module, others, rows)
     if isinstance(module, nn.LayerNorm):
-        return FusedLayerNorm(module, gen, rows, fp32=isinstance(module, LayerNormFp32))
+        return FusedLayerNorm(module, others, rows, fp32=isinstance(module, LayerNormFp32))
     if isinstance(module, nn.Embedding):
-        return FusedEmbedding(module, gen, rows)
+        return FusedEmbedding(module, others, rows)
     if isinstance(module, (OCLayerScale, TimmLayerScale)):
-        return FusedLayerScale(module, gen, rows)
+        return FusedLayerScale(module, others, rows)
     own = [n for n, _ in module.named_parameters(recurse=False)]
     if own and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.Conv1d, nn.Conv3d)):
         raise ValueError(f"fused engine: module {type(module).__name__} is not supported; use engine='naive'")

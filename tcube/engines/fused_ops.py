@@ -1,11 +1,20 @@
-"""Per-row merged ops: op(h; W_exp + λ_r·ΔW) for every row r of a batch, exactly, in one call.
+"""Per-row merged ops: op(h; W_base + Σ_k c_rk·Δ_k) for every row r of a batch, exactly, in one call.
 
-Every weight-bearing op is affine in its own weights given its input, so a merged op equals the
-expert's op plus λ_r times the op of ΔW = W_gen − W_exp on the merged network's own activations.
-`RowLambda` carries the per-row λ (weight on the generalist) that all fused modules of one model read.
+A fused model has a *base* model and K *other* models, with deltas Δ_k = W_other_k − W_base. Every
+weight-bearing op is affine in its own weights given its input, so a merged op equals the base op plus
+Σ_k c_rk times the op of Δ_k on the merged network's own activations. The pair engines use base = expert,
+one other = generalist and c = λ (the weight on the generalist); the multi-expert engine uses base =
+generalist, others = the K experts and c = w. `RowCoefficients` carries the per-row c [R, K] that all fused
+modules of one model read.
+
+Each op stores only the nonzero deltas with their indices k (an expert that left a layer untouched costs
+nothing there). With a single stored delta an op runs the pair engines' elementwise form (addcmul), so
+two-model results do not depend on this generalization.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
@@ -20,108 +29,219 @@ CACHE_RESIDENT_BYTES = 2**20
 CHUNKED_MIN_TOKENS_SMALL = 48   # weights ≤ CACHE_RESIDENT_BYTES
 CHUNKED_MIN_TOKENS_LARGE = 160  # larger weights
 
+Index = tuple[int, ...]
 
-class RowLambda:
-    """The per-row λ [R] of the forward in progress; shared by every fused module of a model."""
+
+class RowCoefficients:
+    """The per-row coefficients c [R, K] of the forward in progress; shared by every fused module of a model."""
 
     def __init__(self) -> None:
         self.value: torch.Tensor | None = None
-        self.shared: torch.Tensor | None = None  # λ [1] when every row has the same one (T^3_B, static)
+        self.shared: torch.Tensor | None = None  # c [1, K] when every row has the same one (T^3_B, static)
 
     @contextmanager
-    def set(self, lam: torch.Tensor):
+    def set(self, coef: torch.Tensor):
+        """coef [R, K], or [R] for one delta (the pair engines' λ)."""
         previous = self.value, self.shared
-        # one check per forward: with a single λ, ops merge their weight once instead of per row
-        self.value, self.shared = lam, lam[:1] if lam.numel() and bool((lam == lam[0]).all()) else None
+        coef = as_matrix(coef)
+        # one check per forward: with one row of coefficients, ops merge their weight once instead of per row
+        self.value = coef
+        self.shared = coef[:1] if coef.shape[0] and bool((coef == coef[0]).all()) else None
         try:
             yield
         finally:
             self.value, self.shared = previous
 
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        """λ shaped to broadcast over x's non-batch dims."""
-        lam = self.value
-        if lam is None:
-            raise RuntimeError("fused module called outside RowLambda.set(...)")
-        if x.shape[0] != lam.shape[0] and x.shape[0] != 1:  # 1 row: shared input (e.g. position ids), broadcast
-            raise RuntimeError(f"fused op got {x.shape[0]} rows but λ has {lam.shape[0]}")
-        return lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    def of(self, index: Index, x: torch.Tensor) -> torch.Tensor:
+        """c[:, index] [R, m] in x's dtype, for an op whose input/output x has R rows (or 1, broadcast)."""
+        coef = self.value
+        if coef is None:
+            raise RuntimeError("fused module called outside RowCoefficients.set(...)")
+        if x.shape[0] != coef.shape[0] and x.shape[0] != 1:  # 1 row: shared input (e.g. position ids), broadcast
+            raise RuntimeError(f"fused op got {x.shape[0]} rows but the coefficients have {coef.shape[0]}")
+        return columns(coef, index).to(x.dtype)
+
+    def shared_of(self, index: Index, dtype: torch.dtype) -> torch.Tensor:
+        """The one row of coefficients c[:1, index] [1, m] (only while `shared` is set)."""
+        return columns(self.shared, index).to(dtype)
 
 
-def delta_or_none(gen: torch.Tensor | None, exp: torch.Tensor | None) -> torch.Tensor | None:
-    """ΔW = W_gen − W_exp, or None when exactly zero (frozen towers, LoRA experts): that op then costs 1×."""
-    if gen is None or exp is None:
+RowLambda = RowCoefficients  # the pair engines' name for it (λ [R] is c with K = 1)
+
+
+def as_matrix(coef: torch.Tensor) -> torch.Tensor:
+    """Coefficients as [R, K]: a 1-D λ [R] is one delta's column."""
+    if coef.ndim == 1:
+        return coef.unsqueeze(1)
+    if coef.ndim != 2:
+        raise ValueError(f"per-row coefficients must be [R] or [R, K], got shape {tuple(coef.shape)}")
+    return coef
+
+
+def columns(coef: torch.Tensor, index: Index) -> torch.Tensor:
+    """coef[:, index]: a view when the indices are consecutive (every expert, or the pair's one delta), so
+    no index tensor is built and copied to the device at every op."""
+    if index and index == tuple(range(index[0], index[0] + len(index))):
+        return coef[:, index[0]:index[0] + len(index)]
+    return coef[:, list(index)]
+
+
+def delta_or_none(other: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor | None:
+    """Δ = W_other − W_base, or None when exactly zero (frozen towers, LoRA experts): that op then costs 1×."""
+    if other is None or base is None:
         return None
-    delta = gen.detach() - exp.detach()
+    delta = other.detach() - base.detach()
     return None if not torch.any(delta) else delta
 
 
-def per_row(base: torch.Tensor, delta: torch.Tensor | None, lam: torch.Tensor) -> torch.Tensor:
-    """base + λ_r·Δ for every row: [R, *base.shape] (or base itself when Δ is None)."""
-    if delta is None:
-        return base
-    return torch.addcmul(base.unsqueeze(0), lam.to(base.dtype).view(-1, *([1] * base.ndim)), delta.unsqueeze(0))
+def stack_deltas(base: torch.Tensor | None, others: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, Index]:
+    """The nonzero Δ_k = W_k − W_base stacked [m, *shape], with their indices k; (None, ()) when all are zero."""
+    found = [(k, d) for k, d in enumerate(delta_or_none(o, base) for o in others) if d is not None]
+    if not found:
+        return None, ()
+    return torch.stack([d for _, d in found]), tuple(k for k, _ in found)
 
 
-class FusedLinear(nn.Module):
-    """Linear layer with per-row merged weights.
+def per_row(base: torch.Tensor, deltas: torch.Tensor | None, coef: torch.Tensor) -> torch.Tensor:
+    """base + Σ_j c_rj·Δ_j for every row: [R, *base.shape] (or base itself when there is no delta).
 
-    Two exact forms: `dual` runs one GEMM against [W_exp; ΔW] (2× FLOPs); `chunked` forms each row's
-    weight W_exp + λ_r·ΔW and runs a batched matmul over chunks of rows (≈1× FLOPs plus one weight-sized
-    write per row). Chunked wins once a row has enough tokens to amortize that write.
+    deltas [m, *base.shape], coef [R, m]. Several deltas: one GEMM c @ Δ.view(m, −1), not m passes.
     """
+    if deltas is None:
+        return base
+    coef = coef.to(base.dtype)
+    if deltas.shape[0] == 1:  # one delta: the pair engines' elementwise form
+        return torch.addcmul(base.unsqueeze(0), coef.view(-1, *([1] * base.ndim)), deltas)
+    return torch.addmm(base.reshape(1, -1), coef, deltas.reshape(deltas.shape[0], -1)).view(-1, *base.shape)
 
-    def __init__(self, w_exp, b_exp, w_gen, b_gen, rows: RowLambda, *, chunked_min_tokens: int | None = None,
-                 chunk_bytes: int = 64 * 2**20):
+
+def merged_once(base: torch.Tensor, deltas: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """base + Σ_j c_j·Δ_j for one row of coefficients coef [1, m]: one merged weight, shaped like base."""
+    if deltas.shape[0] == 1:
+        return torch.addcmul(base, coef[0], deltas[0])
+    return per_row(base, deltas, coef)[0]
+
+
+def offset(coef: torch.Tensor, deltas: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Σ_j c_rj·Δ_j [R, 1, …, *S] broadcasting over an ndim-dim tensor whose trailing dims are S (deltas [m, *S])."""
+    if deltas.shape[0] == 1:
+        return coef.view(-1, *([1] * (ndim - 1))) * deltas[0]
+    shape = deltas.shape[1:]
+    mixed = coef @ deltas.reshape(deltas.shape[0], -1)
+    return mixed.view(coef.shape[0], *([1] * (ndim - 1 - len(shape))), *shape)
+
+
+def add_mixed(y: torch.Tensor, coef: torch.Tensor, parts: torch.Tensor, dim: int) -> torch.Tensor:
+    """y + Σ_j c_rj·parts_j, where parts holds the deltas' outputs stacked along `dim` (coef [R, m])."""
+    if parts.shape[dim] == 1:  # one delta: the pair engines' elementwise form
+        return torch.addcmul(y, coef.view(-1, *([1] * (y.ndim - 1))), parts.squeeze(dim))
+    p = parts.movedim(dim, -2)  # [R or 1, …, m, n]: one small matmul per position weighs the m outputs
+    w = coef.view(coef.shape[0], *([1] * (p.ndim - 3)), 1, coef.shape[1])
+    return y + (w @ p).squeeze(-2)
+
+
+def _as_list(others) -> list:
+    return [others] if isinstance(others, (nn.Module, torch.Tensor)) or others is None else list(others)
+
+
+class _FusedOp(nn.Module):
+    """A fused op: base parameters as buffers, each with its stacked nonzero deltas and their indices."""
+
+    def __init__(self, rows: RowCoefficients):
         super().__init__()
         self.rows = rows
-        self.out_features, self.in_features = w_exp.shape
-        dw, db = delta_or_none(w_gen, w_exp), delta_or_none(b_gen, b_exp)
-        self.has_delta_w = dw is not None
-        weight = torch.cat([w_exp.detach(), dw]) if dw is not None else w_exp.detach().clone()
-        self.register_buffer("weight", weight)  # rows [:out] = W_exp, rows [out:] = ΔW
-        self.register_buffer("bias", None if b_exp is None else b_exp.detach().clone())
-        self.register_buffer("delta_bias", db)
-        if chunked_min_tokens is None:  # the measured rule above
-            small = w_exp.numel() * w_exp.element_size() <= CACHE_RESIDENT_BYTES
-            chunked_min_tokens = CHUNKED_MIN_TOKENS_SMALL if small else CHUNKED_MIN_TOKENS_LARGE
+
+    def _own(self, name: str, base: torch.Tensor | None, others: Sequence[torch.Tensor | None]) -> None:
+        """Buffers `name` (the base's) and `delta_<name>` [m, …], attribute `<name>_index` (the k of each delta)."""
+        deltas, index = stack_deltas(base, others)
+        self.register_buffer(name, None if base is None else base.detach().clone())
+        self.register_buffer("delta_" + name, deltas)
+        setattr(self, name + "_index", index)
+
+    def _add_bias_delta(self, y: torch.Tensor, deltas: torch.Tensor | None, index: Index) -> torch.Tensor:
+        """y + Σ_k c_rk·Δb_k, with the bias deltas shaped to y's trailing dims."""
+        if deltas is None:
+            return y
+        return y + offset(self.rows.of(index, y), deltas, y.ndim)
+
+
+def _chunked_min_tokens(weight: torch.Tensor, m: int) -> int:
+    """Tokens per row from which forming per-row weights beats the dual form, for m stored deltas.
+
+    One delta: the measured rule above. With m deltas the dual form's extra work is m GEMMs against the
+    input (m·T multiply-adds per weight element and row, so it grows with the tokens T), while the chunked
+    form still writes and reads one weight per row (its m-term contraction is one small GEMM over a chunk,
+    memory-bound like the single-delta form): the crossover moves to about 1/m of the measured one.
+    """
+    small = weight.numel() * weight.element_size() <= CACHE_RESIDENT_BYTES
+    measured = CHUNKED_MIN_TOKENS_SMALL if small else CHUNKED_MIN_TOKENS_LARGE
+    return math.ceil(measured / max(1, m))
+
+
+class FusedLinear(_FusedOp):
+    """Linear layer with per-row merged weights.
+
+    Two exact forms: `dual` runs one GEMM against [W_base; Δ_1; …; Δ_m] ((m+1)× FLOPs) and combines the
+    outputs; `chunked` forms each row's weight W_base + Σ_k c_rk·Δ_k and runs a batched matmul over chunks
+    of rows (≈1× FLOPs plus one weight-sized write per row). Chunked wins once a row has enough tokens to
+    amortize that write (`_chunked_min_tokens`).
+    """
+
+    def __init__(self, weight, bias, other_weights: Sequence[torch.Tensor], other_biases: Sequence[torch.Tensor | None],
+                 rows: RowCoefficients, *, chunked_min_tokens: int | None = None, chunk_bytes: int = 64 * 2**20):
+        super().__init__(rows)
+        self.out_features, self.in_features = weight.shape
+        deltas, self.weight_index = stack_deltas(weight, _as_list(other_weights))
+        stacked = weight.detach().clone() if deltas is None else torch.cat([weight.detach(), *deltas])
+        self.register_buffer("weight", stacked)  # rows [:out] = W_base, then each stored Δ_k's `out` rows
+        self._own("bias", bias, _as_list(other_biases))
+        if chunked_min_tokens is None:
+            chunked_min_tokens = _chunked_min_tokens(weight, len(self.weight_index))
         self.chunked_min_tokens = chunked_min_tokens
         self.chunk_bytes = chunk_bytes
 
     @classmethod
-    def from_modules(cls, exp: nn.Linear, gen: nn.Linear, rows: RowLambda, **kw) -> "FusedLinear":
-        return cls(exp.weight, exp.bias, gen.weight, gen.bias, rows, **kw)
+    def from_modules(cls, base: nn.Linear, others: nn.Linear | Sequence[nn.Linear], rows: RowCoefficients,
+                     **kw) -> FusedLinear:
+        others = _as_list(others)
+        return cls(base.weight, base.bias, [o.weight for o in others], [o.bias for o in others], rows, **kw)
+
+    @property
+    def has_delta_w(self) -> bool:
+        return bool(self.weight_index)
+
+    def _split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_base [out, in] and the stored deltas [m, out, in] (views of one buffer)."""
+        out = self.out_features
+        return self.weight[:out], self.weight[out:].view(-1, out, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.out_features
-        if not self.has_delta_w:
+        out, index = self.out_features, self.weight_index
+        if not index:
             y = F.linear(x, self.weight, self.bias)
-        elif self.rows.shared is not None:  # one λ for all rows: one merged weight, one plain GEMM
-            lam = self.rows.shared.to(x.dtype)
-            y = F.linear(x, torch.addcmul(self.weight[:out], lam, self.weight[out:]), self.bias)
+        elif self.rows.shared is not None:  # one row of coefficients: one merged weight, one plain GEMM
+            base, deltas = self._split()
+            y = F.linear(x, merged_once(base, deltas, self.rows.shared_of(index, x.dtype)), self.bias)
         else:
             tokens = x.numel() // max(1, x.shape[0] * self.in_features)
             if tokens >= self.chunked_min_tokens:
                 y = self._chunked(x)
             else:
                 y2 = F.linear(x, self.weight)
-                y = torch.addcmul(y2[..., :out], self.rows.like(x), y2[..., out:])
+                y = add_mixed(y2[..., :out], self.rows.of(index, x), y2[..., out:].unflatten(-1, (-1, out)), -2)
                 if self.bias is not None:
                     y = y + self.bias
-        if self.delta_bias is not None:
-            y = y + self.rows.like(y) * self.delta_bias
-        return y
+        return self._add_bias_delta(y, self.delta_bias, self.bias_index)
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         out = self.out_features
-        w_exp, dw = self.weight[:out], self.weight[out:]
-        lam = self.rows.value.to(x.dtype)
+        base, deltas = self._split()
+        coef = self.rows.of(self.weight_index, x)
         flat = x.reshape(x.shape[0], -1, self.in_features)
-        step = max(1, self.chunk_bytes // max(1, dw.numel() * dw.element_size()))
+        step = max(1, self.chunk_bytes // max(1, base.numel() * base.element_size()))
         parts = []
         for start in range(0, flat.shape[0], step):
-            lam_c = lam[start:start + step].view(-1, 1, 1)
-            w = torch.addcmul(w_exp.unsqueeze(0), lam_c, dw.unsqueeze(0))  # [c, out, in]
+            w = per_row(base, deltas, coef[start:start + step])  # [c, out, in]
             if self.bias is not None:
                 parts.append(torch.baddbmm(self.bias.view(1, 1, -1), flat[start:start + step], w.transpose(1, 2)))
             else:
@@ -129,49 +249,48 @@ class FusedLinear(nn.Module):
         return torch.cat(parts).reshape(*x.shape[:-1], out)
 
 
-class FusedConv2d(nn.Module):
-    """Conv2d (patch embedding) with per-row merged weights, dual form: one conv against [W_exp; ΔW]."""
+class FusedConv2d(_FusedOp):
+    """Conv2d (patch embedding) with per-row merged weights, dual form: one conv against [W_base; Δ_1; …; Δ_m]."""
 
-    def __init__(self, exp: nn.Conv2d, gen: nn.Conv2d, rows: RowLambda):
-        super().__init__()
-        if exp.groups != 1 or exp.padding_mode != "zeros":
-            raise ValueError(f"fused engine supports only plain Conv2d (groups=1, zero padding), got {exp}")
-        self.rows = rows
-        self.out_channels = exp.out_channels
-        self.stride, self.padding, self.dilation = exp.stride, exp.padding, exp.dilation
-        dw = delta_or_none(gen.weight, exp.weight)
-        self.has_delta_w = dw is not None
-        self.register_buffer("weight", torch.cat([exp.weight.detach(), dw]) if dw is not None else exp.weight.detach().clone())
-        self.register_buffer("bias", None if exp.bias is None else exp.bias.detach().clone())
-        self.register_buffer("delta_bias", delta_or_none(gen.bias, exp.bias))
+    def __init__(self, base: nn.Conv2d, others: nn.Conv2d | Sequence[nn.Conv2d], rows: RowCoefficients):
+        super().__init__(rows)
+        if base.groups != 1 or base.padding_mode != "zeros":
+            raise ValueError(f"fused engine supports only plain Conv2d (groups=1, zero padding), got {base}")
+        others = _as_list(others)
+        self.out_channels = base.out_channels
+        self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
+        deltas, self.weight_index = stack_deltas(base.weight, [o.weight for o in others])
+        self.register_buffer("weight", base.weight.detach().clone() if deltas is None
+                             else torch.cat([base.weight.detach(), *deltas]))
+        self._own("bias", base.bias, [o.bias for o in others])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.out_channels
-        if self.has_delta_w and self.rows.shared is not None:  # one λ: one merged kernel
-            weight = torch.addcmul(self.weight[:c], self.rows.shared.to(x.dtype), self.weight[c:])
+        c, index = self.out_channels, self.weight_index
+        shared = index and self.rows.shared is not None
+        if shared:  # one row of coefficients: one merged kernel
+            base = self.weight[:c]
+            weight = merged_once(base, self.weight[c:].view(-1, *base.shape), self.rows.shared_of(index, x.dtype))
             y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
         else:
             y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
-        if self.has_delta_w and self.rows.shared is None:
-            y = torch.addcmul(y[:, :c], self.rows.like(y), y[:, c:])
+        if index and not shared:
+            y = add_mixed(y[:, :c], self.rows.of(index, y), y[:, c:].unflatten(1, (-1, c)), 1)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
-        if self.delta_bias is not None:
-            y = y + self.rows.like(y) * self.delta_bias.view(1, -1, 1, 1)
-        return y
+        deltas = None if self.delta_bias is None else self.delta_bias.view(-1, c, 1, 1)
+        return self._add_bias_delta(y, deltas, self.bias_index)
 
 
-class FusedLayerNorm(nn.Module):
-    """LayerNorm: normalize once, then per-row affine (γ_exp + λΔγ, β_exp + λΔβ). Keeps fp32 upcasting if asked."""
+class FusedLayerNorm(_FusedOp):
+    """LayerNorm: normalize once, then per-row affine (γ + Σ c·Δγ, β + Σ c·Δβ). Keeps fp32 upcasting if asked."""
 
-    def __init__(self, exp: nn.LayerNorm, gen: nn.LayerNorm, rows: RowLambda, *, fp32: bool = False):
-        super().__init__()
-        self.rows = rows
-        self.normalized_shape, self.eps, self.fp32 = exp.normalized_shape, exp.eps, fp32
-        self.register_buffer("weight", None if exp.weight is None else exp.weight.detach().clone())
-        self.register_buffer("bias", None if exp.bias is None else exp.bias.detach().clone())
-        self.register_buffer("delta_weight", delta_or_none(gen.weight, exp.weight))
-        self.register_buffer("delta_bias", delta_or_none(gen.bias, exp.bias))
+    def __init__(self, base: nn.LayerNorm, others: nn.LayerNorm | Sequence[nn.LayerNorm], rows: RowCoefficients, *,
+                 fp32: bool = False):
+        super().__init__(rows)
+        others = _as_list(others)
+        self.normalized_shape, self.eps, self.fp32 = base.normalized_shape, base.eps, fp32
+        self._own("weight", base.weight, [o.weight for o in others])
+        self._own("bias", base.bias, [o.bias for o in others])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -179,60 +298,65 @@ class FusedLayerNorm(nn.Module):
         if self.delta_weight is None and self.delta_bias is None:
             return F.layer_norm(h, self.normalized_shape, self.weight, self.bias, self.eps).to(dtype)
         y = F.layer_norm(h, self.normalized_shape, None, None, self.eps)
-        lam = self.rows.like(y)
         if self.weight is not None:
-            w = self.weight if self.delta_weight is None else self.weight + lam * self.delta_weight
+            w = self.weight
+            if self.delta_weight is not None:
+                w = w + offset(self.rows.of(self.weight_index, y), self.delta_weight, y.ndim)
             y = y * w
         if self.bias is not None:
-            b = self.bias if self.delta_bias is None else self.bias + lam * self.delta_bias
+            b = self.bias
+            if self.delta_bias is not None:
+                b = b + offset(self.rows.of(self.bias_index, y), self.delta_bias, y.ndim)
             y = y + b
         return y.to(dtype)
 
 
-class FusedEmbedding(nn.Module):
-    """Token/position embeddings: E_exp[ids] + λ_r·ΔE[ids] (a gather, so no extra matmul)."""
+class FusedEmbedding(_FusedOp):
+    """Token/position embeddings: E_base[ids] + Σ_k c_rk·Δ_k[ids] (a gather, so no extra matmul)."""
 
-    def __init__(self, exp: nn.Embedding, gen: nn.Embedding, rows: RowLambda):
-        super().__init__()
-        self.rows = rows
-        self.register_buffer("weight", exp.weight.detach().clone())
-        self.register_buffer("delta_weight", delta_or_none(gen.weight, exp.weight))
+    def __init__(self, base: nn.Embedding, others: nn.Embedding | Sequence[nn.Embedding], rows: RowCoefficients):
+        super().__init__(rows)
+        self.register_buffer("weight", base.weight.detach().clone())
+        deltas, self.weight_index = stack_deltas(base.weight, [o.weight for o in _as_list(others)])
+        # [V, m·E]: one gather fetches every delta's row (for one delta, Δ itself)
+        self.register_buffer("delta_weight", None if deltas is None else deltas.permute(1, 0, 2).flatten(1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         y = F.embedding(ids, self.weight)
         if self.delta_weight is not None:
-            y = torch.addcmul(y, self.rows.like(y), F.embedding(ids, self.delta_weight))
+            parts = F.embedding(ids, self.delta_weight).unflatten(-1, (-1, y.shape[-1]))
+            y = add_mixed(y, self.rows.of(self.weight_index, y), parts, -2)
         return y
 
 
-class FusedLayerScale(nn.Module):
-    """open_clip / timm LayerScale: x·(γ_exp + λΔγ)."""
+class FusedLayerScale(_FusedOp):
+    """open_clip / timm LayerScale: x·(γ + Σ_k c_rk·Δγ_k)."""
 
-    def __init__(self, exp: nn.Module, gen: nn.Module, rows: RowLambda):
-        super().__init__()
-        self.rows = rows
-        self.register_buffer("gamma", exp.gamma.detach().clone())
-        self.register_buffer("delta_gamma", delta_or_none(gen.gamma, exp.gamma))
+    def __init__(self, base: nn.Module, others: nn.Module | Sequence[nn.Module], rows: RowCoefficients):
+        super().__init__(rows)
+        self._own("gamma", base.gamma, [o.gamma for o in _as_list(others)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delta_gamma is None:
             return x * self.gamma
-        return x * (self.gamma + self.rows.like(x) * self.delta_gamma)
+        return x * (self.gamma + offset(self.rows.of(self.gamma_index, x), self.delta_gamma, x.ndim))
 
 
 class FusedMultiheadAttention(nn.Module):
     """Drop-in for a batch-first, self-attention nn.MultiheadAttention with per-row merged projections."""
 
-    def __init__(self, exp: nn.MultiheadAttention, gen: nn.MultiheadAttention, rows: RowLambda, **linear_kw):
+    def __init__(self, base: nn.MultiheadAttention, others: nn.MultiheadAttention | Sequence[nn.MultiheadAttention],
+                 rows: RowCoefficients, **linear_kw):
         super().__init__()
-        if not exp.batch_first or not exp._qkv_same_embed_dim or exp.bias_k is not None or exp.add_zero_attn:
+        if not base.batch_first or not base._qkv_same_embed_dim or base.bias_k is not None or base.add_zero_attn:
             raise ValueError(
                 "fused engine supports batch-first self-attention nn.MultiheadAttention without bias_k/add_zero_attn"
             )
-        self.num_heads, self.batch_first = exp.num_heads, True
-        self.in_proj = FusedLinear(exp.in_proj_weight, exp.in_proj_bias, gen.in_proj_weight, gen.in_proj_bias,
-                                   rows, **linear_kw)
-        self.out_proj = FusedLinear.from_modules(exp.out_proj, gen.out_proj, rows, **linear_kw)
+        others = _as_list(others)
+        self.num_heads, self.batch_first = base.num_heads, True
+        self.in_proj = FusedLinear(base.in_proj_weight, base.in_proj_bias, [o.in_proj_weight for o in others],
+                                   [o.in_proj_bias for o in others], rows, **linear_kw)
+        self.out_proj = FusedLinear.from_modules(base.out_proj, [o.out_proj for o in others], rows, **linear_kw)
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
                 average_attn_weights=True, is_causal=False):

@@ -58,6 +58,16 @@ def barycentric(nodes: torch.Tensor, values: torch.Tensor, x: torch.Tensor) -> t
     return ((q @ flat) / q.sum(1, keepdim=True)).view(x.shape[0], *values.shape[1:])
 
 
+def encode_prompts(engine, tokens: torch.Tensor, values: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    """Text features [U, P, E] of all P prompts under each of the U coefficients (λ [U] or w [U, K]), in row chunks."""
+    per = tokens.shape[0]
+    tokens = tokens.repeat(values.shape[0], 1)
+    rows = values.repeat_interleave(per, dim=0)
+    feats = torch.cat([engine.text_features(tokens[s:s + chunk_rows], rows[s:s + chunk_rows])
+                       for s in range(0, tokens.shape[0], chunk_rows)])
+    return feats.view(values.shape[0], per, -1)
+
+
 class _Piece:
     """One dyadic λ piece: an interpolant (nodes, heads, its last error check), split into halves, or exact."""
 
@@ -117,13 +127,9 @@ class TextHeads:
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Heads [U, C, E] at each λ in `values`, encoding prompts in row chunks."""
         self.stats["encoded"] += values.shape[0]
-        per = self.tokens.shape[0]
-        tokens = self.tokens.repeat(values.shape[0], 1)
-        rows = values.repeat_interleave(per)
-        feats = torch.cat([self.engine.text_features(tokens[s:s + self.chunk_rows], rows[s:s + self.chunk_rows])
-                           for s in range(0, tokens.shape[0], self.chunk_rows)])
+        feats = encode_prompts(self.engine, self.tokens, values, self.chunk_rows)
         self._feature_dtype = feats.dtype
-        return head_from_text_features(feats.view(values.shape[0], per, -1), self.n_classes, self.n_templates)
+        return head_from_text_features(feats, self.n_classes, self.n_templates)
 
     # -- exact: one encode per distinct λ (LRU-cached) ------------------------------------------------
     def exact(self, lam: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,27 @@ from ..models.heads import hf_pad_id, trim_padding
 from .base import Engine
 
 
+@torch.no_grad()
+def run_grouped(model_for, encode: str, inputs: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Each group of rows with equal coefficients (λ [R] or w [R, K]) through `model_for(row)`'s `encode`,
+    one plain forward per group; features [R, E] back in input order."""
+    values, inverse = torch.unique(coef, dim=0, return_inverse=True)
+    out = None
+    for k, value in enumerate(values):
+        index = (inverse == k).nonzero().squeeze(1)
+        feats = getattr(model_for(value), encode)(inputs[index])
+        if out is None:
+            out = feats.new_empty((inputs.shape[0], feats.shape[-1]))
+        out[index] = feats
+    return out
+
+
+def plain_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens for a plain model's encode_text: Hugging Face towers (BiomedCLIP's BERT, padded to 256) ignore
+    padding, so it is dropped, exactly; open_clip's own towers add the full-context positional embedding."""
+    return trim_padding(tokens, hf_pad_id(getattr(model, "text", None)))
+
+
 class _MaterializingEngine(Engine):
     """Loads θ(λ) = λ·θ_gen + (1 − λ)·θ_exp into a work copy of the model, one λ at a time."""
 
@@ -26,23 +47,11 @@ class _MaterializingEngine(Engine):
             self._loaded = lam
         return self.work
 
-    def _groups(self, lam: torch.Tensor):
-        values, inverse = torch.unique(lam, return_inverse=True)
-        return [(float(v), (inverse == k).nonzero().squeeze(1)) for k, v in enumerate(values)]
-
-    @torch.no_grad()
     def _grouped(self, encode: str, inputs: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        out = None
-        for value, index in self._groups(lam):
-            feats = getattr(self.merged(value), encode)(inputs[index])
-            if out is None:
-                out = feats.new_empty((inputs.shape[0], feats.shape[-1]))
-            out[index] = feats
-        return out
+        return run_grouped(lambda value: self.merged(float(value)), encode, inputs, lam)
 
     def text_features(self, tokens, lam):
-        # Hugging Face towers (BiomedCLIP's BERT, padded to 256) ignore padding: drop it, exactly
-        return self._grouped("encode_text", trim_padding(tokens, hf_pad_id(getattr(self.work, "text", None))), lam)
+        return self._grouped("encode_text", plain_tokens(self.work, tokens), lam)
 
 
 class NaiveEngine(_MaterializingEngine):

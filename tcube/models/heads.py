@@ -33,6 +33,48 @@ def head_from_text_features(features: torch.Tensor, n_classes: int, n_templates:
     return F.normalize(feats, dim=-1)
 
 
+def tokenize_tasks(tokenizer: Callable, tasks: Sequence[Sequence[str]],
+                   templates: Sequence[Sequence[str] | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The union label space of several tasks: token ids [P, L] and each prompt's union class index [P].
+
+    Classes are numbered task by task (task 0's first, ...); each task keeps its own templates
+    (`templates[k]`, or the default ones), so tasks may differ in their number of templates.
+    """
+    if not tasks:
+        raise ValueError("tasks is empty: give one list of class names per expert")
+    templates = list(templates) if templates is not None else [None] * len(tasks)
+    if len(templates) != len(tasks):
+        raise ValueError(f"templates: {len(templates)} lists for {len(tasks)} tasks; give one per task (or None)")
+    prompts, prompt_class, offset = [], [], 0
+    for names, tmpl in zip(tasks, templates):
+        tmpl = tuple(tmpl) if tmpl else DEFAULT_TEMPLATES
+        prompts += build_prompts(names, tmpl)
+        prompt_class += [offset + c for c in range(len(names)) for _ in tmpl]
+        offset += len(names)
+    return tokenizer(prompts), torch.tensor(prompt_class)
+
+
+def head_from_prompt_features(features: torch.Tensor, prompt_class: torch.Tensor) -> torch.Tensor:
+    """[..., P, E] prompt features -> [..., C, E] head: normalize, mean over each class's prompts, normalize.
+
+    Equals head_from_text_features when every class has the same templates; here their number may differ.
+    """
+    feats = F.normalize(features.float(), dim=-1)
+    index = prompt_class.to(feats.device)
+    n_classes = int(index.max()) + 1
+    sums = feats.new_zeros(*feats.shape[:-2], n_classes, feats.shape[-1]).index_add_(-2, index, feats)
+    counts = torch.bincount(index, minlength=n_classes).to(feats.dtype).unsqueeze(-1)
+    return F.normalize(sums / counts, dim=-1)
+
+
+def union_head(model, tokens: torch.Tensor, prompt_class: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Head [C, E] of one plain model over a union label space (tokenize_tasks)."""
+    tokens = trim_padding(tokens, hf_pad_id(getattr(model, "text", None)))
+    device = next(model.parameters()).device
+    feats = torch.cat([model.encode_text(chunk.to(device)) for chunk in tokens.split(batch_size)])
+    return head_from_prompt_features(feats, prompt_class)
+
+
 def hf_pad_id(text) -> int | None:
     """Pad id of a Hugging Face text tower whose pooled output ignores padding, else None.
 
