@@ -1,5 +1,5 @@
 """Merging methods: the registry (registry.py), the built-ins (builtin.py) and the `Merger` that runs them."""
-from . import builtin  # noqa: F401  (registers the built-in methods; the only import-time side effect)
+from . import builtin, multi_builtin  # noqa: F401  (register the built-in methods; the only import-time side effect)
 from .merger import MergeOutput, Merger
 from .registry import Kind, Method, get_method, method_names, methods, register, register_method
 from .tuning import TUNING_VERSION

@@ -38,6 +38,9 @@ class MergeOutput:
     # per-sample/per-batch merges: how the merged heads were made ({"mode", "approximate", "max_error"}:
     # max_error is adaptive's largest measured |Δlogit|); None where one merged model's head is exact
     text_heads: dict[str, Any] | None = None
+    # K experts (MultiMerger): [B, K] weights on the experts' task vectors; `lambdas` is then 1 − their sum and
+    # `js` [B, K] is JS(p_gen ‖ p_k) within each expert's task (NaN where a method ran no expert, e.g. router)
+    weights: torch.Tensor | None = None
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -121,6 +124,9 @@ class Merger:
         """(method that computes, its params, coefficients to report); a tuned method becomes its base with
         the chosen coefficients."""
         m = get_method(method)
+        if m.multi:
+            raise ValueError(f"method '{method}' merges a generalist with K experts: pass a list of experts to "
+                             "merge_and_predict (or use tcube.methods.MultiMerger)")
         p = m.make_params(**params)
         if m.kind is not Kind.TUNED:
             return m, p, {k: getattr(p, k) for k in m.coefficients}

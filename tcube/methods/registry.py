@@ -26,6 +26,16 @@ class Kind(str, Enum):
     PER_SAMPLE = "per_sample"    # fn(p_gen, p_exp, js, params) -> λ [B]: one merged model per sample
     PER_BATCH = "per_batch"      # same λ rule; the Merger uses its batch mean (one merged model per batch)
     TUNED = "tuned"              # a `base` method whose coefficients a `grid` search picks on validation data
+    # One generalist and K experts (MultiMerger; `view` is a tcube.methods.multi_merger.MultiView):
+    MULTI_OUTPUT = "multi_output"          # fn(view, params) -> logits: the K + 1 models' own outputs, no merge
+    MULTI_STATIC = "multi_static"          # fn(gen_state, [expert_states], params) -> state dict
+    MULTI_PER_SAMPLE = "multi_per_sample"  # fn(view, params) -> w [B, K]: weights on the experts' task vectors
+    MULTI_PER_BATCH = "multi_per_batch"    # same rule; the MultiMerger uses its batch mean
+
+    @property
+    def multi(self) -> bool:
+        """A method for one generalist and K experts (the `mixed` protocol), not for a pair."""
+        return self.value.startswith("multi_")
 
 
 # Read by the Merger (how p_gen/p_exp are computed), not by the method's function; a method that
@@ -53,6 +63,12 @@ class Method:
     base: str | None = None                          # TUNED: the method it tunes
     grid: Callable[[Any], list[dict]] | None = None  # TUNED: js on val [N] -> candidate params of `base`
     doc: str = ""
+    needs_domain: bool = False                       # multi: reads each image's true task (a ceiling, not a method)
+
+    @property
+    def multi(self) -> bool:
+        """For one generalist and K experts: a multi kind, or a tuned method whose base is one."""
+        return (get_method(self.base) if self.kind is Kind.TUNED else self).kind.multi
 
     @property
     def result_keys(self) -> tuple[str, ...]:
@@ -125,28 +141,30 @@ def register(method: Method, *, replace: bool = False) -> Method:
 
 
 def register_method(name: str, kind: Kind, *, params: type = NoParams, weight: Callable[[Any], float] | None = None,
-                    replace: bool = False) -> Callable[[Callable], Callable]:
+                    replace: bool = False, needs_domain: bool = False) -> Callable[[Callable], Callable]:
     """Decorator: register the decorated pure function as method `name` of `kind` (see `Kind` for signatures)."""
     def decorate(fn: Callable) -> Callable:
-        register(Method(name, Kind(kind), fn, params, weight, doc=(fn.__doc__ or "").strip()), replace=replace)
+        register(Method(name, Kind(kind), fn, params, weight, doc=(fn.__doc__ or "").strip(),
+                        needs_domain=needs_domain), replace=replace)
         return fn
     return decorate
 
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method '{name}'; choose one of {method_names()} (a method of your own: "
+        raise ValueError(f"unknown method '{name}'; choose one of {method_names(multi=None)} (a method of your own: "
                          "register it with tcube.register_method, see the README)")
     return _REGISTRY[name]
 
 
-def methods(kind: Kind | None = None) -> list[Method]:
-    """Registered methods in registration order (built-ins first), optionally of one kind."""
-    return [m for m in _REGISTRY.values() if kind is None or m.kind is kind]
+def methods(kind: Kind | None = None, *, multi: bool | None = False) -> list[Method]:
+    """Registered methods in registration order (built-ins first), optionally of one kind. `multi`: False (the
+    default) = methods for a generalist/expert pair, True = for one generalist and K experts, None = both."""
+    return [m for m in _REGISTRY.values() if (kind is None or m.kind is kind) and (multi is None or m.multi == multi)]
 
 
-def method_names(kind: Kind | None = None) -> list[str]:
-    return [m.name for m in methods(kind)]
+def method_names(kind: Kind | None = None, *, multi: bool | None = False) -> list[str]:
+    return [m.name for m in methods(kind, multi=multi)]
 
 
 def effective(name: str) -> Method:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,15 +44,23 @@ class LoadedModel:
 
 @dataclass
 class ModelPair:
-    """A generalist and an expert with identical architecture, sharing tokenizer and preprocessing."""
+    """A generalist and an expert with identical architecture, sharing tokenizer and preprocessing.
+
+    Loaded with a list of experts, `experts` holds all K and `expert` is None (pass `pair.experts` on).
+    """
 
     generalist: nn.Module
-    expert: nn.Module
+    expert: nn.Module | None
     tokenizer: Callable
     preprocess: Callable
     model_cfg: dict[str, Any] = field(default_factory=dict)
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
-    sources: tuple[str, str] = ("", "")
+    sources: tuple[str, ...] = ("", "")
+    experts: tuple[nn.Module, ...] = ()
+
+    def __post_init__(self):
+        if not self.experts and self.expert is not None:
+            self.experts = (self.expert,)
 
 
 def build_model(model_cfg: dict[str, Any], *, hf_text_dir: str | Path | None = None) -> nn.Module:
@@ -220,9 +229,21 @@ def load_model(spec: str, *, reference: LoadedModel | None = None, device: str |
     )
 
 
-def load_pair(generalist: str, expert: str, *, device: str | torch.device = "cpu") -> ModelPair:
-    """Load a generalist and an expert fine-tuned from it; their parameter names and shapes must match."""
+def load_pair(generalist: str, expert: str | Sequence[str], *, device: str | torch.device = "cpu") -> ModelPair:
+    """Load a generalist and an expert fine-tuned from it; their parameter names and shapes must match.
+
+    `expert` may be a list of specs (one expert per task): the pair then holds them in `experts`.
+    """
     gen = load_model(generalist, device=device)
+    if not isinstance(expert, str):
+        specs = list(expert)
+        if not specs:
+            raise ValueError("expert is an empty list: give one spec per expert")
+        experts = [load_model(spec, reference=gen, device=device) for spec in specs]
+        for spec, e in zip(specs, experts):
+            check_compatible(gen.model.state_dict(), e.model.state_dict(), f"generalist '{generalist}' and expert '{spec}'")
+        return ModelPair(gen.model.eval(), None, gen.tokenizer, gen.preprocess, gen.model_cfg, gen.preprocess_cfg,
+                         (generalist, *specs), tuple(e.model.eval() for e in experts))
     exp = load_model(expert, reference=gen, device=device)
     check_compatible(gen.model.state_dict(), exp.model.state_dict(),
                      f"generalist '{generalist}' and expert '{expert}'")
