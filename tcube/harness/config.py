@@ -58,6 +58,7 @@ class EngineName(Choice):
 class ModelConfig:
     generalist: str = MISSING          # any spec load_pair accepts, or zoo:NAME
     expert: str = MISSING              # may contain {dataset} (one config for every modality)
+    experts: Optional[list[str]] = None  # one expert per data.datasets entry, in order (null: the `expert` pattern)
     expert_base: Optional[str] = None  # tuned on base classes only: base_to_novel split=class
     zoo_profile: str = "default"       # recipe profile of zoo: specs
 
@@ -95,6 +96,7 @@ class ProtocolConfig:
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     limit: Optional[int] = None                  # corruption: test images per cell
     reading: str = "224"                         # corruption: "224" (MedMNIST-C's definition) | "native"
+    methods: Optional[list[str]] = None          # mixed: multi-expert methods (null = every registered one)
 
 
 @dataclass

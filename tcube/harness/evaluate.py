@@ -34,6 +34,7 @@ from ..protocols import (
     check_engine,
     eval_sets,
     make_variant,
+    protocol_names,
     resolve_data,
 )
 from ..protocols.base import cap_limit
@@ -76,6 +77,11 @@ class Plan:
     skipped: list[Skip]
     methods: list[str]
     parts: list[Part]
+    mixed: list = dataclasses.field(default_factory=list)  # harness.mixed.MixedCell: one generalist, K experts
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key for c in self.cells] + [c.key for c in self.mixed]
 
     def groups(self, done: set[str]) -> list[tuple[int, EvalSet, list[Cell]]]:
         """Pending cells grouped by (part, EvalSet) in plan order: images and endpoint logits are shared."""
@@ -153,7 +159,17 @@ def build_plan(s: dict[str, Any]) -> Plan:
             for v in variants:
                 ident = cell_identity(es, v, p, zoo_key)
                 cells.append(Cell(es, v, cell_key(ident), ident, index))
-    return Plan(cells, skipped, [v.method for v in variants], parts)
+    mixed = []
+    if "mixed" in protocol_names(s["protocol"]["name"], s["protocol"]):
+        from .mixed import plan_mixed
+
+        mixed = plan_mixed(s, parts, expert_specs(parts))
+    return Plan(cells, skipped, [v.method for v in variants], parts, mixed)
+
+
+def expert_specs(parts: list[Part]) -> list[str]:
+    """The expert of each part (model.experts[i], or the model.expert pattern filled with its dataset)."""
+    return [p.settings["model"]["expert"] for p in parts]
 
 
 def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
@@ -165,14 +181,23 @@ def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
     data = s["data"]
     root, size = data["root"], data["size"]
     if data.get("name") != "all":
-        return [_part(s, data, resolve_data(_data_entry(data), root, size))], []
+        experts = s["model"].get("experts")
+        if experts is not None and len(experts) != 1:
+            raise ValueError(f"model.experts lists {len(experts)} experts for one dataset ({data.get('name')}); "
+                             "use data=all with data.datasets, one per expert")
+        return [_part(s, data, resolve_data(_data_entry(data), root, size), experts[0] if experts else None)], []
     names = list(data.get("datasets") or [])
     if not names:
         raise ValueError("data=all needs data.datasets, e.g. data.datasets=[retinamnist,ph2]")
+    experts = s["model"].get("experts")
+    if experts is not None and len(experts) != len(names):
+        raise ValueError(f"model.experts lists {len(experts)} experts for the {len(names)} datasets {names}; give one "
+                         "per dataset, in data.datasets' order (or model.experts=null for the model.expert pattern)")
     parts, skipped = [], []
-    for name in names:
+    for i, name in enumerate(names):
         try:
-            parts.append(_part(s, {**data, "name": name, "datasets": None}, resolve_data(name, root, size)))
+            parts.append(_part(s, {**data, "name": name, "datasets": None}, resolve_data(name, root, size),
+                               None if experts is None else experts[i]))
         except FileNotFoundError as err:
             skipped.append(Skip("all", name, f"not evaluated: {err}"))
     if not parts:
@@ -181,8 +206,9 @@ def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
     return parts, skipped
 
 
-def _part(s: dict[str, Any], data: dict[str, Any], primary: Any) -> Part:
-    model = {k: v.replace("{dataset}", primary.name) if isinstance(v, str) else v for k, v in s["model"].items()}
+def _part(s: dict[str, Any], data: dict[str, Any], primary: Any, expert: str | None = None) -> Part:
+    model = {**s["model"], **({"expert": expert} if expert is not None else {})}
+    model = {k: v.replace("{dataset}", primary.name) if isinstance(v, str) else v for k, v in model.items()}
     return Part({**s, "model": model, "data": data}, primary)
 
 
@@ -307,14 +333,15 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
         results.repair()
         return results.keys()
 
-    groups = plan.groups(dist.from_main(done_keys))
-    pending = sum(len(cells) for *_, cells in groups)
-    log.info("%d cells planned, %d already in %s, %d to compute", len(plan.cells), len(plan.cells) - pending,
+    done = dist.from_main(done_keys)
+    groups = plan.groups(done)
+    pending = sum(len(cells) for *_, cells in groups) + sum(c.key not in done for c in plan.mixed)
+    log.info("%d cells planned, %d already in %s, %d to compute", len(plan.keys), len(plan.keys) - pending,
              results.path, pending)
     # only rank 0 writes; the other ranks compute their share of each cell and return rank 0's summary
     logger = make_logger(s["logger"] if dist.is_main else {"name": "none"}, run_dir, s)
     def outputs() -> dict[str, Any]:
-        rows = rows_in(results.rows(), [c.key for c in plan.cells])
+        rows = rows_in(results.rows(), plan.keys)
         summary = write_outputs(rows, plan, s, run_dir, pending)
         logger.log_summary(summary, rows)
         return summary
@@ -323,13 +350,15 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
         try:
             if groups:
                 evaluate(groups, plan, s, results, logger, dist)
+            if plan.mixed:
+                evaluate_mixed_cells(plan, s, done, results, logger, dist)
             if s["ceiling_grid"]:
                 ceilings(plan, s, run_dir, dist)
         except Exception:
             # what finished is already in results.jsonl: report it before the error propagates
             if dist.is_main and results.path.is_file():
                 log.error("the run stopped early; writing report.md and summary.json for the finished cells")
-                write_outputs(rows_in(results.rows(), [c.key for c in plan.cells]), plan, s, run_dir, pending)
+                write_outputs(rows_in(results.rows(), plan.keys), plan, s, run_dir, pending)
             raise
         summary = dist.from_main(outputs)
     finally:
@@ -386,6 +415,23 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
     log.info("endpoint logits: %d cache hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
 
 
+def evaluate_mixed_cells(plan: Plan, s: dict[str, Any], done: set[str], results: ResultsFile, logger,
+                         dist: Dist = SINGLE) -> None:
+    """The mixed protocol's pending cells (one process: its stream is small next to the pair protocols)."""
+    from .mixed import evaluate_mixed
+
+    if dist.active:
+        raise ValueError("protocol mixed runs in a single process: rerun into the same folder without torchrun "
+                         "(finished cells are skipped)")
+
+    def emit(cell, metrics: dict) -> None:
+        row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        results.append(row)
+        logger.log_row(row)
+
+    evaluate_mixed(plan.mixed, done, s, plan.parts, expert_specs(plan.parts), emit, _device(s["device"], dist))
+
+
 def ceilings(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist = SINGLE) -> None:
     """The per-sample ceiling's λ-grid bits of every view of the plan (tcube.harness.ceiling), after its cells."""
     from .ceiling import compute_ceilings
@@ -413,7 +459,7 @@ def write_outputs(rows: list[dict], plan: Plan, s: dict[str, Any], run_dir: Path
     ceiling = ceiling_records(plan, s, run_dir)
     summary = summarize(rows, plan.methods, ceiling=ceiling)
     summary.update(skipped=[dataclasses.asdict(k) for k in plan.skipped],
-                   cells={"planned": len(plan.cells), "computed": computed, "resumed": len(plan.cells) - computed,
+                   cells={"planned": len(plan.keys), "computed": computed, "resumed": len(plan.keys) - computed,
                           "rows": len(rows)},
                    config=s, run_dir=str(run_dir))
     experts = [p.settings["model"] for p in plan.parts]
@@ -450,9 +496,12 @@ def write_plots(rows: list[dict], run_dir: Path, ceiling: list[dict] | None = No
     try:
         import pandas as pd
 
+        from ..reporting.mixed import is_mixed
         from ..reporting.plots import save_all, save_ceiling
 
-        written = save_all(pd.DataFrame.from_records(rows), run_dir) + save_ceiling(ceiling or [], run_dir)
+        pair_rows = [r for r in rows if not is_mixed(r)]
+        written = (save_all(pd.DataFrame.from_records(pair_rows), run_dir) if pair_rows else []) \
+            + save_ceiling(ceiling or [], run_dir)
         log.info("wrote %d figures to %s", len(written), run_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("could not draw the figures (%s: %s); results.jsonl, summary.json and report.md are complete",

@@ -8,6 +8,9 @@ corruption alone (not by the extra resampling, about 1-1.7 grey levels at 28 px)
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..data.corruptions import DEFAULT_READING, N_SEVERITIES, check_reading, corruptions_for
 from .base import Context, EvalSet, Skip
 
@@ -27,8 +30,8 @@ def corruption_list(ctx: Context) -> list[str]:
     return chosen
 
 
-def severity_list(ctx: Context) -> list[int]:
-    severities = ctx.options.get("severities") or list(range(1, N_SEVERITIES + 1))
+def severity_list(options: Mapping[str, Any]) -> list[int]:
+    severities = options.get("severities") or list(range(1, N_SEVERITIES + 1))
     severities = [severities] if isinstance(severities, int) else list(severities)
     if any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= N_SEVERITIES for s in severities):
         raise ValueError(f"protocol.severities must be integers in 1..{N_SEVERITIES}, got {severities} "
@@ -36,18 +39,18 @@ def severity_list(ctx: Context) -> list[int]:
     return sorted(set(severities))
 
 
-def image_limit(ctx: Context) -> int | None:
-    limit = ctx.options.get("limit")
+def image_limit(options: Mapping[str, Any]) -> int | None:
+    limit = options.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"protocol.limit must be a positive integer or null, got {limit!r} (e.g. protocol.limit=64)")
     return limit
 
 
 def eval_sets(ctx: Context) -> tuple[list[EvalSet], list[Skip]]:
-    limit = image_limit(ctx)  # the same seeded images in every cell, clean included
+    limit = image_limit(ctx.options)  # the same seeded images in every cell, clean included
     reading = check_reading(ctx.options.get("reading") or DEFAULT_READING)
     sets = [EvalSet(NAME, ctx.data, limit=limit, reading=reading)]  # clean: corruption None, severity 0
-    severities = severity_list(ctx)
+    severities = severity_list(ctx.options)
     for name in corruption_list(ctx):
         sets += [EvalSet(NAME, ctx.data, corruption=name, severity=s, limit=limit, reading=reading)
                  for s in severities]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..io import json_safe, write_text_atomic
+from .mixed import is_mixed, render_mixed, summarize_mixed
 from .readings import reading_header
 from .results import method_order
 from .scores import (
@@ -165,6 +166,7 @@ def point_summary(rows: Sequence[dict], methods: Sequence[str] | None = None) ->
 
     Per expert and protocol: the summaries listed in the module docstring; with several experts the top-level
     `protocols` / `top1` / `mce` / `harmonic_mean` are means over the expert modalities."""
+    rows = [r for r in rows if not is_mixed(r)]  # the mixed stream has its own section (reporting.mixed)
     methods = list(methods) if methods is not None else method_order(rows)
     experts = experts_in(rows)
     per_expert = {str(e): _summarize_protocols([r for r in rows if r.get("expert_data") == e], methods)
@@ -191,6 +193,8 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 200
     from .ceiling import ceiling_table
     from .tables import calibration_table, coefficient_table, diagnostics_table
 
+    mixed = [r for r in rows if is_mixed(r)]
+    rows = [r for r in rows if not is_mixed(r)]
     out = {
         **point_summary(rows, methods),
         "uncertainty": analyze(rows, methods, n_boot=n_boot, seed=seed),
@@ -200,6 +204,8 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], *, n_boot: int = 200
     }
     if ceiling:
         out["ceiling"] = ceiling_table(rows, ceiling)
+    if mixed:
+        out["mixed"] = summarize_mixed(mixed, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -381,6 +387,7 @@ def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str,
     """
     methods = summary["methods"]
     unc = summary["uncertainty"]
+    rows = [r for r in rows if not is_mixed(r)]
     out = ["# tcube evaluation report", ""]
     out += [f"- {k}: `{v}`" for k, v in meta.items() if k != "generalist_datasets"]
     out += ["", (f"Top-1 accuracy in percent with its {unc['level']:.0%} bootstrap interval [low, high] over test "
@@ -388,6 +395,8 @@ def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str,
                  "error reductions (ER) in percent of the reference's error; – = undefined or not evaluated. "
                  "*majority class* = always predicting the test set's most frequent label."), ""]
     experts = summary.get("experts") or [str(e) for e in unc["experts"]]
+    if not rows:
+        experts = []
     if len(experts) > 1:
         out += [f"## Headline: mean over {len(experts)} expert modalities ({', '.join(experts)})", "",
                 "Each protocol's score averaged over the modalities; intervals resample within each dataset.", "",
@@ -396,8 +405,9 @@ def render_report(summary: dict[str, Any], rows: Sequence[dict], meta: dict[str,
         out += _diagnostics(summary, ["all modalities"], "###")
         for expert in experts:
             out += [f"## Expert: {expert}", ""] + _expert_sections(summary, rows, expert, "###", meta)
-    else:
+    elif experts:
         out += _expert_sections(summary, rows, experts[0], "##", meta)
+    out += render_mixed(summary.get("mixed") or {})
     skipped = summary.get("skipped") or []
     if skipped:
         out += ["", "## Skipped", ""] + [f"- {s['protocol']} {s['what']}: {s['reason']}" for s in skipped]
