@@ -237,3 +237,28 @@ def test_eval_runs_end_to_end_on_the_smoke_zoo(smoke_zoo, tmp_path):
     assert all(r["expert"] == "zoo:expert-breastmnist" and r["zoo_profile"] == "smoke" and r["n"] == 16 for r in rows)
     assert len(smoke_zoo.calls) == n_calls                                   # the trained pair was reused
     assert summary["protocols"]["in_domain"]["top1"]["t3"] is not None
+
+
+def test_union_objective_scores_every_image_against_every_dataset():
+    from tcube.zoo.train import class_contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(5, 8, generator=g)
+    heads = [torch.nn.functional.normalize(torch.randn(c, 8, generator=g), dim=-1) for c in (3, 2)]
+    groups, labels, scale = [slice(0, 3), slice(3, 5)], torch.tensor([0, 2, 1, 1, 0]), torch.tensor(1.0)
+    union = class_contrastive_loss(img, heads, groups, labels, scale, union=True)
+    logits = scale.exp() * torch.nn.functional.normalize(img, dim=-1) @ torch.cat(heads).T
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2, 1, 4, 3]))
+    torch.testing.assert_close(union, expected)
+    assert not torch.isclose(union, class_contrastive_loss(img, heads, groups, labels, scale))
+    one = [slice(0, 5)]  # one dataset: both objectives are the same loss
+    torch.testing.assert_close(class_contrastive_loss(img, heads[:1], one, labels % 3, scale, union=True),
+                               class_contrastive_loss(img, heads[:1], one, labels % 3, scale))
+
+
+def test_new_recipe_options_keep_stored_digests():
+    from tcube.zoo.recipe import PROFILES
+
+    # digests of round two's zoos (stored models are found by them): an option at its default changes nothing
+    assert PROFILES["default"].digest() == "528b947976f42aa0" and PROFILES["full"].digest() == "f83a1fe9b147f90d"
+    assert PROFILES["union"].digest() != PROFILES["default"].digest()

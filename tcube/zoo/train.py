@@ -55,15 +55,21 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 def class_contrastive_loss(image_features: torch.Tensor, heads: Sequence[torch.Tensor], groups: Sequence[slice],
-                           labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each image against the class heads of its own dataset.
+                           labels: torch.Tensor, logit_scale: torch.Tensor, *, union: bool = False) -> torch.Tensor:
+    """Mean cross-entropy of each image against the class heads of its own dataset (or, `union`, of all).
 
     Plain CLIP InfoNCE would treat the many copies of the same caption in a batch (a batch holds
     only a dozen distinct captions) as negatives; scoring every image against all class captions
     of its dataset is the zero-shot classifier's own objective. `groups[i]` is the slice of the
-    batch drawn from the dataset whose head is `heads[i]` ([C_i, E], normalized).
+    batch drawn from the dataset whose head is `heads[i]` ([C_i, E], normalized). With `union`, every
+    image is scored against the concatenated heads, its label offset to its dataset's block.
     """
     img = F.normalize(image_features, dim=-1)
+    if union:
+        offsets = torch.tensor([0] + [h.shape[0] for h in heads[:-1]], device=labels.device).cumsum(0)
+        block = torch.cat([torch.full((g.stop - g.start,), i, device=labels.device) for i, g in enumerate(groups)])
+        logits = logit_scale.exp() * img @ torch.cat(list(heads)).T
+        return F.cross_entropy(logits, labels + offsets[block])
     total = image_features.new_zeros(())
     for head, rows in zip(heads, groups):
         logits = logit_scale.exp() * img[rows] @ head.T
@@ -195,7 +201,7 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
                 g["lr"] = g["base_lr"] * factor
             features = model.encode_image(normalize(pixels, preprocess_cfg))
             loss = class_contrastive_loss(features, text_heads(model, tokens, shapes), groups, labels,
-                                          model.logit_scale)
+                                          model.logit_scale, union=stage.objective == "union")
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
