@@ -138,3 +138,44 @@ def render_mixed(summary: dict[str, Any], heading: str = "##") -> list[str]:
                 "|---|---:|"]
         out += [f"| {m} | {v:.1f} |" for m, v in summary["corrupted_mean_macro"].items()] + [""]
     return out
+
+
+# -- several seeds ------------------------------------------------------------------------------------
+def seeds_table(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method over runs (one summarize_mixed each): mean ± std of clean top-1 / macro top-1 and of the corrupted
+    streams' mean macro top-1, mean Δ macro vs best static / oracle with how many runs' intervals exclude 0."""
+    methods = list(dict.fromkeys(m for s in summaries for m in s["views"].get("clean", {})))
+    out = {}
+    for m in methods:
+        clean = [s["views"]["clean"][m] for s in summaries if m in s["views"].get("clean", {})]
+        row: dict[str, Any] = {"runs": len(clean)}
+        for key in ("top1", "macro_top1"):
+            values = [c[key][0] for c in clean]
+            row[key] = (float(np.mean(values)), float(np.std(values)))
+        corrupted = [s["corrupted_mean_macro"][m] for s in summaries if m in (s.get("corrupted_mean_macro") or {})]
+        row["corrupted_macro"] = (float(np.mean(corrupted)), float(np.std(corrupted))) if corrupted else None
+        for ref in ("best static", "oracle"):
+            deltas = [c.get(f"delta_macro_vs_{ref}") for c in clean]
+            deltas = [d for d in deltas if d is not None]
+            row[f"delta_vs_{ref}"] = ((float(np.mean([d[0] for d in deltas])), float(np.std([d[0] for d in deltas])),
+                                       sum(bool(d[3]) for d in deltas), len(deltas)) if deltas else None)
+        routes = [c["route_accuracy"] for c in clean if c.get("route_accuracy") is not None]
+        row["route_accuracy"] = float(np.mean(routes)) if routes else None
+        out[m] = row
+    return out
+
+
+def render_seeds_table(table: dict[str, dict[str, Any]], best_static: Sequence[str | None]) -> str:
+    def pm(v):
+        return "–" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
+
+    def delta(v):
+        return "–" if v is None else f"{v[0]:+.1f} ± {v[1]:.1f} [{v[2]}/{v[3]}]"
+
+    lines = ["| method | clean top-1 | clean macro top-1 | corrupted macro top-1 | Δ macro vs best static | "
+             "Δ macro vs oracle | route |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for m, r in table.items():
+        route = "–" if r["route_accuracy"] is None else f"{r['route_accuracy']:.0f}%"
+        lines.append(f"| {m} | {pm(r['top1'])} | {pm(r['macro_top1'])} | {pm(r['corrupted_macro'])} | "
+                     f"{delta(r['delta_vs_best static'])} | {delta(r['delta_vs_oracle'])} | {route} |")
+    return "\n".join(lines) + f"\n\nBest static merge per run (clean macro top-1, in hindsight): {list(best_static)}.\n"
