@@ -56,6 +56,10 @@ def test_plan_lists_views_times_variants_and_checks_experts(mixed_env):
     # multi_generalist heads every table; multi_expert once per expert
     assert len(plan.mixed) == 2 * (1 + 4 + len(METHODS) - 1)
     assert len({c.key for c in plan.mixed}) == len(plan.mixed)
+    val = build_plan(to_settings(compose(_overrides(mixed_env, ["protocol.data_split=val"]))))
+    assert {c.identity["data_split"] for c in val.mixed} == {"val"}
+    assert not {c.key for c in val.mixed} & {c.key for c in plan.mixed}
+    assert all("data_split" not in c.identity for c in plan.mixed)  # test rows keep their keys
     with pytest.raises(ValueError, match="model.experts lists 2 experts for the 4 datasets"):
         build_plan(to_settings(compose(_overrides(mixed_env, ["model.experts=[a,b]"]))))
     with pytest.raises(ValueError, match="merges a pair"):

@@ -43,18 +43,21 @@ def _reference(gen, experts, tokenizer, images, weights):
     return torch.cat(rows)
 
 
-@pytest.mark.parametrize("method", ["multi_t3", "multi_dawin", "router", "multi_t3_batch"])
+@pytest.mark.parametrize("method, params", [("multi_t3", {}), ("multi_t3", {"hard": False}), ("multi_dawin", {}),
+                                            ("router", {}), ("multi_t3_batch", {}), ("router", {"hard": False})])
 @torch.no_grad()
-def test_per_sample_methods_equal_the_naive_reference(trio, method):
+def test_per_sample_methods_equal_the_naive_reference(trio, method, params):
     gen, experts, tok = trio
     images = seeded_images(6, seed=3)
-    out = merge_and_predict(gen, experts, images, TASKS, tokenizer=tok, method=method)
+    out = merge_and_predict(gen, experts, images, TASKS, tokenizer=tok, method=method, **params)
     assert out.weights.shape == (6, 3) and torch.isfinite(out.weights).all()
     assert (out.logits - _reference(gen, experts, tok, images, out.weights)).abs().max() <= 1e-4
     torch.testing.assert_close(out.lambdas, 1 - out.weights.sum(-1))
     if method.endswith("_batch"):
         assert torch.equal(out.weights, out.weights[:1].expand(6, -1))
-    if method == "router":  # hard routing: one expert per image at 1 − α
+    if method in ("router", "multi_t3") and not params:  # hard routing: one expert per image
+        assert ((out.weights != 0).sum(-1) == 1).all()
+    if method == "router" and not params:  # at 1 − α
         assert ((out.weights > 0).sum(-1) == 1).all() and torch.allclose(out.weights.sum(-1), torch.tensor(0.5))
         assert torch.isnan(out.js).all()  # no expert ran
 

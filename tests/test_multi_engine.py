@@ -92,7 +92,7 @@ def test_few_distinct_rows_are_merged_once_and_cached(trio):
         got = multi_merged_logits(eng, seeded_images(6), w, heads)
         assert (got - logits(trio, "naive", w)).abs().max() <= 1e-4
     assert eng.models.loads == 3 and len(eng.models.cache) == 3  # default cache: K + 1 models
-    assert heads.stats == {"encodes": 3, "cache_hits": 3}
+    assert heads.stats["ray_rows"] == 12 and sum(r.stats["encoded"] for r in heads.rays) == 3  # one per expert
 
 
 def test_distinct_rows_run_fused_unless_already_merged(trio):
@@ -172,3 +172,20 @@ def test_errors_are_clear(clip_pair):
         eng.image_features(images, torch.tensor([[0.5, float("nan")], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="finite"):
         eng.logit_scale(torch.tensor([[float("inf"), 0.0]]))
+
+
+def test_rows_on_one_expert_use_that_experts_adaptive_heads(trio):
+    """Hard routing with per-image magnitudes (T^3 with a hard task guess): each expert's ray is one variable, so
+    the pair's adaptive heads serve it, within the contract against exact heads, and far fewer encodes."""
+    gen, experts, tokenizer = trio
+    tokens, (c, t) = tokenize_prompts(tokenizer, CLASSES)
+    prompt_class = torch.arange(c).repeat_interleave(t)
+    w = torch.zeros(12, 3)
+    w[torch.arange(12), torch.arange(12) % 3] = torch.linspace(0.40, 0.50, 12)  # distinct magnitudes
+    w[11] = torch.tensor([0.1, 0.2, 0.0])  # one row off the rays: exact
+    images = seeded_images(12)
+    ray = MultiTextHeads(FusedMultiEngine(gen, experts), tokens, prompt_class)
+    exact = MultiTextHeads(FusedMultiEngine(gen, experts), tokens, prompt_class, rays=False)
+    got = multi_merged_logits(ray.engine, images, w, ray)
+    assert (got - multi_merged_logits(exact.engine, images, w, exact)).abs().max() <= 1e-4
+    assert ray.stats["ray_rows"] == 11 and ray.stats["encodes"] == 1

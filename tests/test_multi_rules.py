@@ -42,9 +42,9 @@ def test_multi_t3_weights_follow_the_generalist_task_mass():
     blocks = [torch.tensor([0, 1]), torch.tensor([2, 3])]
     p_gen = torch.tensor([[0.7, 0.25, 0.03, 0.02], [0.02, 0.03, 0.5, 0.45]])
     p_exps = p_gen.unsqueeze(0).expand(2, -1, -1)  # both experts agree: λ_k = σ(0) = 0.5
-    w = rules.multi_t3_weights(p_gen, p_exps, blocks)
+    w = rules.multi_t3_weights(p_gen, p_exps, blocks, hard=False)
     torch.testing.assert_close(w, 0.5 * torch.tensor([[0.95, 0.05], [0.05, 0.95]]))
-    hard = rules.multi_t3_weights(p_gen, p_exps, blocks, hard=True)
+    hard = rules.multi_t3_weights(p_gen, p_exps, blocks)
     torch.testing.assert_close(hard, torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
 
 

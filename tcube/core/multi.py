@@ -61,10 +61,11 @@ def one_hot_route(scores: Tensor) -> Tensor:
 
 def multi_t3_weights(p_gen: Tensor, p_exps: Tensor, blocks: Sequence[Tensor], *, gamma: float = 0.5,
                      lambda_min: float = 0.0, lambda_max: float = 1.0, tau: float = 0.0,
-                     hard: bool = False) -> Tensor:
+                     hard: bool = True) -> Tensor:
     """Multi-expert T^3 (module docstring): w_k = π_k·(1 − λ_k), λ_k = λ_min + (λ_max − λ_min)·σ(γ·(JS_k − τ)).
 
-    `hard`: π is one-hot at the generalist's most likely task (each image merged with one expert only).
+    `hard` (default): π is one-hot at the generalist's most likely task (each image merged with one expert only);
+    False: π is the generalist's task mass.
     """
     lam = t3_lambda(task_js(p_gen, p_exps, blocks), gamma=gamma, lambda_min=lambda_min, lambda_max=lambda_max,
                     tau=tau)

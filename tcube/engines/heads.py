@@ -30,7 +30,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from ..models.heads import head_from_text_features
+from ..models.heads import head_from_prompt_features, head_from_text_features
 from .base import Engine
 
 HEAD_MODES = ("adaptive", "exact", "grid")
@@ -92,7 +92,8 @@ class TextHeads:
     def __init__(self, engine: Engine, tokens: torch.Tensor, n_classes: int, n_templates: int, *,
                  mode: str = "adaptive", grid_size: int = 33, tol: float = 5e-5, noise_cap: float = 2e-6,
                  base_pieces: int = 8,
-                 max_depth: int = 3, exact_below: int = 4, chunk_rows: int = 512, cache_size: int = 64):
+                 max_depth: int = 3, exact_below: int = 4, chunk_rows: int = 512, cache_size: int = 64,
+                 prompt_class: torch.Tensor | None = None):
         if mode not in HEAD_MODES:
             raise ValueError(f"unknown text head mode '{mode}'; choose one of {HEAD_MODES}")
         if mode == "grid" and grid_size < 2:
@@ -101,6 +102,7 @@ class TextHeads:
             raise ValueError(f"need tol > 0, base_pieces ≥ 1, max_depth ≥ 0; got {tol}, {base_pieces}, {max_depth}")
         self.engine, self.tokens = engine, tokens
         self.n_classes, self.n_templates = n_classes, n_templates
+        self.prompt_class = prompt_class  # classes with different numbers of prompts (a union of tasks)
         self.mode, self.grid_size, self.chunk_rows = mode, grid_size, chunk_rows
         self.tol, self.noise_cap, self.base_pieces, self.max_depth, self.exact_below = (
             tol, noise_cap, base_pieces, max_depth, exact_below)
@@ -129,6 +131,8 @@ class TextHeads:
         self.stats["encoded"] += values.shape[0]
         feats = encode_prompts(self.engine, self.tokens, values, self.chunk_rows)
         self._feature_dtype = feats.dtype
+        if self.prompt_class is not None:
+            return head_from_prompt_features(feats, self.prompt_class)
         return head_from_text_features(feats, self.n_classes, self.n_templates)
 
     # -- exact: one encode per distinct λ (LRU-cached) ------------------------------------------------

@@ -22,7 +22,7 @@ from ..models.checkpoints import check_compatible
 from ..models.heads import head_from_prompt_features
 from .base import logits_at
 from .fused import FusedModel
-from .heads import encode_prompts
+from .heads import TextHeads, encode_prompts
 from .merged_model import plain_tokens, run_grouped
 
 
@@ -220,10 +220,33 @@ def multi_merged_logits(engine: MultiEngine, images: torch.Tensor, w: torch.Tens
     return logits_at(engine, images, engine.check_weights(w, images.shape[0]), heads)
 
 
-class MultiTextHeads:
-    """Exact heads [B, C, E] of each row's merged model: `heads(w, images=None)`.
+class _Ray:
+    """The multi-expert engine along one expert's direction as a pair engine: λ ↦ w = (1 − λ)·e_k (λ is the weight
+    on the generalist), so the pair's adaptive heads interpolate head(w) in one variable."""
 
-    One encode of the prompts per distinct row of w, kept in an LRU cache (`cache_size` heads) keyed by the
+    def __init__(self, engine: MultiEngine, k: int):
+        self.engine, self.k = engine, k
+
+    def _w(self, lam: torch.Tensor) -> torch.Tensor:
+        w = lam.new_zeros(lam.shape[0], self.engine.num_experts)
+        w[:, self.k] = 1 - lam
+        return w
+
+    def text_features(self, tokens, lam):
+        return self.engine.text_features(tokens, self._w(lam))
+
+    def logit_scale(self, lam):
+        return self.engine.logit_scale(self._w(lam))
+
+
+class MultiTextHeads:
+    """Heads [B, C, E] of each row's merged model: `heads(w, images=None)`, within the engines' 1e-4 contract.
+
+    Rows with one nonzero weight (each image merged with one expert: hard routing, the oracle, T^3 with a hard
+    task guess) lie on that expert's ray, w = s·e_k; there head(w) is the pair's head at λ = 1 − s, and the pair's
+    adaptive heads (heads.TextHeads: error measured on the batch's own image features, ≤ 5e-5 in logits) serve
+    it, one per expert, kept across batches (`rays=False`: exact instead). Other rows are encoded exactly:
+    one encode of the prompts per distinct row of w, kept in an LRU cache (`cache_size` heads) keyed by the
     row's exact bytes, so repeated rows (hard routing: K distinct rows) are encoded once. tokens [P, L] are
     the prompts of a label space whose classes may have different numbers of templates: `prompt_class` [P]
     is the class (0 … C − 1) of each prompt row (models.heads.tokenize_tasks gives both); a class head is
@@ -232,7 +255,7 @@ class MultiTextHeads:
     """
 
     def __init__(self, engine: MultiEngine, tokens: torch.Tensor, prompt_class: torch.Tensor, *,
-                 cache_size: int = 64, chunk_rows: int = 512):
+                 cache_size: int = 64, chunk_rows: int = 512, rays: bool = True):
         prompt_class = torch.as_tensor(prompt_class, dtype=torch.long, device=tokens.device)
         if prompt_class.ndim != 1 or prompt_class.shape[0] != tokens.shape[0] or not prompt_class.numel():
             raise ValueError(f"prompt_class must give one class per prompt row: [{tokens.shape[0]}] (≥ 1 prompt), "
@@ -245,11 +268,33 @@ class MultiTextHeads:
         self.engine, self.tokens, self.prompt_class = engine, tokens, prompt_class
         self.chunk_rows = chunk_rows
         self._cache = LRU(cache_size)
-        self.stats = {"encodes": 0, "cache_hits": 0}
+        self.rays = [TextHeads(_Ray(engine, k), tokens, int(prompt_class.max()) + 1, 1, prompt_class=prompt_class,
+                               chunk_rows=chunk_rows) for k in range(engine.num_experts)] if rays else None
+        self.stats = {"encodes": 0, "cache_hits": 0, "ray_rows": 0}
 
     def __call__(self, w: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        """Heads at each row of w [B, K]; `images` is accepted for the heads(w, img) interface (exact: unused)."""
-        rows, inverse = torch.unique(self.engine.check_weights(w), dim=0, return_inverse=True)
+        """Heads at each row of w [B, K]; `images` [B, E] (the rows' image features) lets the ray heads measure
+        their error where they are used."""
+        w = self.engine.check_weights(w)
+        on_ray = (w != 0).sum(-1) == 1
+        if self.rays is None or images is None or not bool(on_ray.any()):
+            return self.exact(w)
+        out = None
+        k_of = w.abs().argmax(-1)
+        for k in k_of[on_ray].unique().tolist():
+            index = (on_ray & (k_of == k)).nonzero().squeeze(1)
+            heads = self.rays[k](1 - w[index, k], images[index])
+            out = heads.new_empty(w.shape[0], *heads.shape[1:]) if out is None else out
+            out[index] = heads.to(out.dtype)
+        self.stats["ray_rows"] += int(on_ray.sum())
+        if not bool(on_ray.all()):
+            rest = (~on_ray).nonzero().squeeze(1)
+            out[rest] = self.exact(w[rest]).to(out.dtype)
+        return out
+
+    def exact(self, w: torch.Tensor) -> torch.Tensor:
+        """Exact heads: one encode per distinct row (LRU-cached)."""
+        rows, inverse = torch.unique(w, dim=0, return_inverse=True)
         keys = [row_key(r) for r in rows]
         found = [self._cache.get(k) for k in keys]
         missing = [i for i, head in enumerate(found) if head is None]

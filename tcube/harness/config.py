@@ -97,6 +97,7 @@ class ProtocolConfig:
     limit: Optional[int] = None                  # corruption: test images per cell
     reading: str = "224"                         # corruption: "224" (MedMNIST-C's definition) | "native"
     methods: Optional[list[str]] = None          # mixed: multi-expert methods (null = every registered one)
+    data_split: str = "test"                     # mixed: test | val (the val stream, to design rules on)
 
 
 @dataclass

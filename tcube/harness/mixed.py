@@ -108,9 +108,9 @@ class MixedRunner:
         log.info("mixed stream: %d experts over %s (%d union classes)", len(self.datasets),
                  [d.name for d in self.datasets], sum(self.sizes))
 
-    def stream(self, view: MixedSet, split: str = "test", limit: int | None = None):
+    def stream(self, view: MixedSet, split: str | None = None, limit: int | None = None):
         """(images [N, 3, H, W], union labels [N], dataset index [N]) of one stream view, interleaved."""
-        parts = [self.views.load_view(d, split, None, self.preprocess, view.corruption, view.severity,
+        parts = [self.views.load_view(d, split or view.data_split, None, self.preprocess, view.corruption, view.severity,
                                       limit if limit is not None else view.limit, reading=view.reading)
                  for d in self.datasets]
         domain, position = stream_order([len(y) for _, y in parts], self.s["seed"])

@@ -43,7 +43,10 @@ class Oracle:
 
 @dataclass(frozen=True)
 class MultiT3(T3):
-    hard: bool = False   # π one-hot at the generalist's most likely task instead of its task mass
+    # π one-hot at the generalist's most likely task (default) or its task mass. Hard: each image is merged with
+    # one expert, its heads come from that expert's one-variable adaptive heads (soft: an exact text encode per
+    # image), and no image gets fractions of the other tasks' vectors, which every static merge shows to hurt
+    hard: bool = True
 
 
 # -- references: the models' own outputs ------------------------------------------------------------

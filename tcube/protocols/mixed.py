@@ -27,13 +27,16 @@ class MixedSet:
     datasets: tuple[DataRef, ...]
     corruption: str | None = None
     severity: int = 0
-    limit: int | None = None      # images per dataset (None: the whole test split)
+    limit: int | None = None      # images per dataset (None: the whole split)
     reading: str | None = None
+    data_split: str = "test"      # "val": the same stream built from the val splits (to design rules on)
 
     def describe(self) -> dict[str, Any]:
         out = {"protocol": NAME, "split": None, "role": None, "modality": NAME, "dataset": NAME, "subset": "all",
                "corruption": self.corruption, "severity": self.severity,
                "stream": [d.name for d in self.datasets]}
+        if self.data_split != "test":  # test rows keep the keys they were written with
+            out["data_split"] = self.data_split
         if self.reading:
             out["corruption_reading"] = self.reading
         return out
@@ -48,7 +51,10 @@ def shared_corruptions(datasets: Sequence[DataRef]) -> list[str]:
 def mixed_sets(options: Mapping[str, Any], datasets: Sequence[DataRef]) -> list[MixedSet]:
     datasets = tuple(datasets)
     reading = check_reading(options.get("reading") or DEFAULT_READING)
-    sets = [MixedSet(datasets)]  # the clean stream: every test image, at the file's size
+    data_split = options.get("data_split") or "test"
+    if data_split not in ("test", "val"):
+        raise ValueError(f"protocol.data_split must be test or val, got {data_split!r}")
+    sets = [MixedSet(datasets, data_split=data_split)]  # the clean stream: every image, at the file's size
     shared = shared_corruptions(datasets)
     chosen = options.get("corruptions")
     chosen = shared if chosen is None else ([chosen] if isinstance(chosen, str) else list(chosen))
@@ -58,7 +64,7 @@ def mixed_sets(options: Mapping[str, Any], datasets: Sequence[DataRef]) -> list[
                          f"{shared} (or protocol.corruptions=null for all of them)")
     limit = image_limit(options)
     for name in chosen:
-        sets += [MixedSet(datasets, name, s, limit, reading) for s in severity_list(options)]
+        sets += [MixedSet(datasets, name, s, limit, reading, data_split) for s in severity_list(options)]
     return sets
 
 
