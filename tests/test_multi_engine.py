@@ -76,7 +76,8 @@ def test_shared_weights_merge_once_and_are_exact(trio, materialize_below):
             module.register_forward_hook(lambda m, args, out: shared.append(m.rows.shared is not None))
     tokens, (c, t) = tokenize_prompts(tokenizer, CLASSES)
     got = multi_merged_logits(eng, seeded_images(4), w, MultiTextHeads(eng, tokens, torch.arange(c).repeat_interleave(t)))
-    assert all(shared) and bool(shared) == (materialize_below == 0)  # the fused forward took its one-row path
+    assert shared and all(shared)  # one new shared row: the fused ops' merge-once path (not a merged copy)
+    assert eng.models.loads == 0
     assert (got - logits(trio, "naive", w)).abs().max() <= 1e-4
 
 
@@ -104,8 +105,12 @@ def test_distinct_rows_run_fused_unless_already_merged(trio):
     assert eng.models.loads == 0  # three distinct rows, none repeated: fused
     eng.image_features(images, w[[0, 0, 1]])  # row 0 repeats: merged; row 1 is not (so the batch runs fused)
     assert eng.models.loads == 0
-    eng.image_features(images[:2], w[[0, 0]])
-    assert eng.models.loads == 1 and eng.models.has(w[0])
+    eng.image_features(seeded_images(4), w[[0, 0, 1, 1]])  # two rows, each repeated: merged (and kept)
+    assert eng.models.loads == 2 and eng.models.has(w[0]) and eng.models.has(w[1])
+    eng.image_features(images[:2], w[[2, 2]])  # one new row for the whole batch: fused ops merge once, no copy
+    assert eng.models.loads == 2 and not eng.models.has(w[2])
+    eng.image_features(images[:2], w[[0, 0]])  # an already merged row: reused
+    assert eng.models.loads == 2
 
 
 def test_zero_task_vector_is_skipped_and_exact(trio, naive):

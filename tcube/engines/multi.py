@@ -195,10 +195,13 @@ class FusedMultiEngine(MultiEngine):
 
     def _materialize(self, w: torch.Tensor) -> bool:
         """Few distinct rows, each either already merged or shared by several rows: a merge (a pass over K + 1
-        models' weights) pays only when it is reused; a batch of distinct soft rows runs fused instead."""
+        models' weights) pays only when it is reused; a batch of distinct soft rows runs fused instead, and so
+        does a batch sharing one new row (the fused ops then merge each weight once, as a copy would)."""
         rows, counts = torch.unique(w, dim=0, return_counts=True)
         if rows.shape[0] > self.materialize_below:
             return False
+        if rows.shape[0] == 1 and not self.models.has(rows[0]):
+            return False  # one new row (a batch-wise rule): the fused ops merge each weight once, without a copy
         return all(int(c) > 1 or self.models.has(row) for row, c in zip(rows, counts))
 
 
