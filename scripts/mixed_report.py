@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summarize_mixed(rows))
     table = seeds_table(summaries)
     text = (f"Mixed stream over {len(summaries)} runs ({', '.join(str(r) for r in args.run_dirs)}): mean ± std over "
-            "runs; [k/n] = runs whose paired 95% interval (resampled within each dataset) excludes 0.\n\n"
+            "runs; [a↑ b↓ /n] = runs whose paired 95% interval (resampled within each dataset) excludes 0 above / below "
+            "the reference.\n\n"
             + render_seeds_table(table, [s["best_static"] for s in summaries]))
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "mixed.md", text)

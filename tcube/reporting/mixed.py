@@ -157,8 +157,10 @@ def seeds_table(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]
         for ref in ("best static", "oracle"):
             deltas = [c.get(f"delta_macro_vs_{ref}") for c in clean]
             deltas = [d for d in deltas if d is not None]
+            # significant seeds counted by sign: a +5 and a −5 seed are not "significant in 2 of 2"
             row[f"delta_vs_{ref}"] = ((float(np.mean([d[0] for d in deltas])), float(np.std([d[0] for d in deltas])),
-                                       sum(bool(d[3]) for d in deltas), len(deltas)) if deltas else None)
+                                       sum(bool(d[3]) and d[0] > 0 for d in deltas),
+                                       sum(bool(d[3]) and d[0] < 0 for d in deltas), len(deltas)) if deltas else None)
         routes = [c["route_accuracy"] for c in clean if c.get("route_accuracy") is not None]
         row["route_accuracy"] = float(np.mean(routes)) if routes else None
         out[m] = row
@@ -170,7 +172,7 @@ def render_seeds_table(table: dict[str, dict[str, Any]], best_static: Sequence[s
         return "–" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
 
     def delta(v):
-        return "–" if v is None else f"{v[0]:+.1f} ± {v[1]:.1f} [{v[2]}/{v[3]}]"
+        return "–" if v is None else f"{v[0]:+.1f} ± {v[1]:.1f} [{v[2]}↑ {v[3]}↓ /{v[4]}]"
 
     lines = ["| method | clean top-1 | clean macro top-1 | corrupted macro top-1 | Δ macro vs best static | "
              "Δ macro vs oracle | route |", "|---|---:|---:|---:|---:|---:|---:|"]
