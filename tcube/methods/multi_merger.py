@@ -27,10 +27,10 @@ from .registry import Kind, Method, get_method
 
 @dataclasses.dataclass(eq=False)
 class MultiView:
-    """What a multi-expert method sees for one batch. Expert outputs are computed on first use, so a method
-    that reads only the generalist (the router) costs no expert forward."""
+    """What a multi-expert method sees for one batch. Model outputs are computed on first use, so a method that
+    reads only the generalist (the router) costs no expert forward, and a static merge no endpoint forward."""
 
-    logits_gen: torch.Tensor                        # [B, C]
+    generalist_fn: Callable[[], torch.Tensor]       # -> the generalist's logits [B, C]
     blocks: list[torch.Tensor]                      # union class indices of each expert's task
     experts_fn: Callable[[], torch.Tensor]          # -> logits of every expert [K, B, C]
     domain: torch.Tensor | None = None              # each image's task, only for methods that declare needs_domain
@@ -38,6 +38,10 @@ class MultiView:
     @property
     def num_experts(self) -> int:
         return len(self.blocks)
+
+    @cached_property
+    def logits_gen(self) -> torch.Tensor:
+        return self.generalist_fn()
 
     @cached_property
     def p_gen(self) -> torch.Tensor:
@@ -132,8 +136,8 @@ class MultiMerger:
         check_images(images)
         images = to_device(images, self.device)
         gen, exps = endpoint_logits if endpoint_logits is not None else (None, None)
-        gen = self.generalist_logits(images) if gen is None else gen.to(self.device)
-        view = MultiView(gen, self.blocks, (lambda: self.expert_logits(images)) if exps is None
+        view = MultiView((lambda: self.generalist_logits(images)) if gen is None else (lambda: gen.to(self.device)),
+                         self.blocks, (lambda: self.expert_logits(images)) if exps is None
                          else (lambda: exps.to(self.device)), self._domain(m, domain, images.shape[0]))
         weights = None
         if m.kind in (Kind.MULTI_PER_SAMPLE, Kind.MULTI_PER_BATCH):
