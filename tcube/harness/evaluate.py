@@ -366,6 +366,11 @@ def _run(plan: Plan, s: dict[str, Any], run_dir: Path, dist: Dist) -> dict[str, 
     return summary
 
 
+def result_row(cell, metrics: dict) -> dict:
+    """One results.jsonl row: the cell's identity, its metrics, its key and when it finished."""
+    return {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def make_runner(part: Part, cache: LogitCache, dist: Dist = SINGLE) -> CellRunner:
     """The cell runner of one expert (its models load on first use)."""
     s, engine = part.settings, part.settings["engine"]
@@ -390,7 +395,7 @@ def evaluate(groups: list[tuple[int, EvalSet, list[Cell]]], plan: Plan, s: dict[
               disable=not (s["progress"] and dist.is_main)) as bar:
 
         def emit(cell: Cell, metrics: dict) -> None:
-            row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            row = result_row(cell, metrics)
             if dist.is_main:  # every rank holds the gathered metrics; one writes them
                 results.append(row)
                 logger.log_row(row)
@@ -425,7 +430,7 @@ def evaluate_mixed_cells(plan: Plan, s: dict[str, Any], done: set[str], results:
                          "(finished cells are skipped)")
 
     def emit(cell, metrics: dict) -> None:
-        row = {**cell.identity, **metrics, "key": cell.key, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        row = result_row(cell, metrics)
         results.append(row)
         logger.log_row(row)
 

@@ -22,7 +22,7 @@ from ..models.heads import tokenize_tasks, union_head
 from ..runtime.device import to_device
 from ..runtime.precision import autocast, check_precision
 from .merger import MergeOutput, _plain_logits, check_images
-from .registry import Kind, Method, get_method
+from .registry import Kind, Method, effective, get_method, methods
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,7 +175,7 @@ class MultiMerger:
         m = get_method(method)
         if not m.multi:
             raise ValueError(f"method '{method}' merges a generalist with one expert; with K experts use one of "
-                             f"{[n.name for n in _multi_methods()]} (or pass a single expert)")
+                             f"{[n.name for n in methods(multi=True)]} (or pass a single expert)")
         p = m.make_params(**params)
         if m.kind is not Kind.TUNED:
             return m, p, {k: getattr(p, k) for k in m.coefficients}
@@ -188,8 +188,7 @@ class MultiMerger:
     # -- static merges ------------------------------------------------------------------------------------
     def static_model(self, method: str, **params) -> tuple[nn.Module, dict[str, Any]] | None:
         """(merged model, parameters used) of a static multi-expert merge; None for the other methods."""
-        m = get_method(method)
-        if (get_method(m.base) if m.kind is Kind.TUNED else m).kind is not Kind.MULTI_STATIC:
+        if effective(method).kind is not Kind.MULTI_STATIC:
             return None
         m, p, used = self._resolve(method, params)
         return self._static_model(m, p)[0], used
@@ -210,8 +209,6 @@ class MultiMerger:
     def tune(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> dict[str, dict[str, Any]]:
         """Choose every tuned multi-expert method's coefficients by top-1 on validation images (union labels);
         the first best in grid order wins."""
-        from .registry import methods
-
         labels = labels.to(self.device)
         batches = list(zip(images.split(batch_size), labels.split(batch_size)))
         gen = [self.generalist_logits(x) for x, _ in batches]
@@ -227,12 +224,6 @@ class MultiMerger:
             self.tuned[m.name] = max(grid, key=lambda g: (accuracy(m.base, g), -grid.index(g)))
             self._static.clear()  # the candidates' merges are not needed again
         return self.tuned
-
-
-def _multi_methods() -> list[Method]:
-    from .registry import methods
-
-    return methods(multi=True)
 
 
 def _per_task(templates, n_tasks: int) -> list[Sequence[str] | None]:
