@@ -10,8 +10,9 @@ import torch
 from eval_support import SYNTH2, SYNTH4, compose, write_npz
 from PIL import Image
 
-from tcube.harness.cache import LogitCache, cache_key, model_fingerprint
+from tcube.harness.cache import LogitCache, cache_key
 from tcube.io import write_text_atomic
+from tcube.models.fingerprint import model_fingerprint
 from tcube.reporting.report import render_report, summarize
 from tcube.reporting.results import ResultsFile, read_rows
 
@@ -48,7 +49,7 @@ def test_fingerprint_follows_weights_not_objects(clip_pair, monkeypatch):
     with torch.no_grad():
         changed.visual.proj[0, 0] += 1e-6
     assert model_fingerprint(changed) != fp
-    import tcube.harness.cache as cache_module
+    import tcube.models.fingerprint as cache_module
 
     monkeypatch.setattr(cache_module, "FULL_HASH_MAX_NUMEL", 16)  # the sampled path for large tensors
     monkeypatch.setattr(cache_module, "SAMPLE_NUMEL", 4)

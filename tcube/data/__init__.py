@@ -13,7 +13,7 @@ _EXPORTS = {
     # registry
     "Modality": "registry", "DatasetSpec": "registry", "MODALITIES": "registry", "ALIASES": "registry",
     "MEDMNIST_2D": "registry", "known_datasets": "registry", "get_modality": "registry",
-    "get_dataset_spec": "registry", "dataset_spec_from_config": "registry", "spec_from_config": "registry",
+    "get_dataset_spec": "registry", "dataset_spec_from_config": "registry", "spec_from_config": "registry", "entry_from_config": "registry",
     "prompts_for": "registry",
     # files
     "resolve_data_root": "files", "find_npz": "files", "npz_filename": "files", "file_md5": "files",

@@ -332,6 +332,15 @@ def spec_from_config(entry: str | Mapping[str, Any]) -> DatasetSpec:
                                     task=entry.get("task") or "multi-class", corruptions=entry.get("corruptions"))
 
 
+def entry_from_config(data: Mapping[str, Any]) -> str | dict[str, Any]:
+    """A data config as spec_from_config takes it: a registered name, or its own description (name, modality,
+    classes, ...)."""
+    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task",
+                                          "corruptions")
+                 if data.get(k) is not None}
+    return described if len(described) > 1 else data["name"]
+
+
 def prompts_for(spec: DatasetSpec, *, allow_multi_label: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(class descriptions, prompt templates) for a zero-shot head.
 

@@ -8,11 +8,7 @@ Layout: ``<cache_dir>/<key[:2]>/<key>.safetensors`` (tensors ``generalist``, ``e
 fields as JSON metadata) and ``<key>.json`` for small JSON entries. Every write is atomic (temp file
 + ``os.replace``), so a killed run leaves either a whole entry or none; an unreadable entry is a miss.
 
-Model fingerprint (``model_fingerprint``): sha256 over every state-dict entry's name, dtype and shape
-plus a content digest of the tensor — all of its bytes when it has ≤ ``FULL_HASH_MAX_NUMEL`` elements
-(every tensor of the tiny and zoo models, and most of a ViT-B), otherwise a strided sample of
-``SAMPLE_NUMEL`` elements plus its float64 sum and absolute sum. Two models share a fingerprint only if
-their weights are (for all practical purposes) identical; the spec or path naming them plays no part.
+Models are named by content (`tcube.models.fingerprint`), not by spec or path.
 """
 from __future__ import annotations
 
@@ -24,40 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..io import atomic_write, tcube_home
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when what a cached entry means changes
-FULL_HASH_MAX_NUMEL = 1 << 24
-SAMPLE_NUMEL = 1 << 16
 
 
 
 
 def default_cache_dir() -> Path:
     return tcube_home() / "cache" / "logits"
-
-
-def _tensor_digest(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    if t.numel() <= FULL_HASH_MAX_NUMEL:
-        return hashlib.sha256(t.view(-1).view(torch.uint8).numpy().tobytes()).digest()
-    flat = t.view(-1)
-    sample = flat[:: max(1, flat.numel() // SAMPLE_NUMEL)].contiguous()
-    stats = torch.stack([flat.double().sum(), flat.double().abs().sum()])
-    return hashlib.sha256(sample.view(torch.uint8).numpy().tobytes() + stats.numpy().tobytes()).digest()
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Content hash of a model's state dict (see the module docstring); 24 hex digits."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_digest(t))
-    return h.hexdigest()[:24]
 
 
 def cache_key(fields: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
+from ..data.registry import entry_from_config
 from ..io import json_safe, write_text_atomic
 from ..protocols import (
     Context,
@@ -90,14 +91,6 @@ class Plan:
             if cell.key not in done:
                 out.setdefault(id(cell.eval_set), (cell.part, cell.eval_set, []))[2].append(cell)
         return list(out.values())
-
-
-def _data_entry(data: dict[str, Any]) -> str | dict[str, Any]:
-    """A registered dataset by name, or the config's own description (name, modality, classes, ...)."""
-    described = {k: data.get(k) for k in ("name", "modality", "classes", "descriptions", "templates", "task",
-                                                  "corruptions")
-                 if data.get(k) is not None}
-    return described if len(described) > 1 else data["name"]
 
 
 def method_variants(method: dict[str, Any], references: list[str]) -> list[Variant]:
@@ -185,7 +178,7 @@ def plan_parts(s: dict[str, Any]) -> tuple[list[Part], list[Skip]]:
         if experts is not None and len(experts) != 1:
             raise ValueError(f"model.experts lists {len(experts)} experts for one dataset ({data.get('name')}); "
                              "use data=all with data.datasets, one per expert")
-        return [_part(s, data, resolve_data(_data_entry(data), root, size), experts[0] if experts else None)], []
+        return [_part(s, data, resolve_data(entry_from_config(data), root, size), experts[0] if experts else None)], []
     names = list(data.get("datasets") or [])
     if not names:
         raise ValueError("data=all needs data.datasets, e.g. data.datasets=[retinamnist,ph2]")
@@ -277,7 +270,7 @@ def resolve_model_spec(spec: str, zoo: Any = None) -> str:
 def pair_loader(s: dict[str, Any], device: str, dist: Dist = SINGLE, zoo: Any = None) -> Callable[[str], PairInfo]:
     """role ("expert" | "expert_base") -> the loaded (generalist, role) pair, loaded once, on first use."""
     from ..models import load_pair
-    from .cache import model_fingerprint
+    from ..models.fingerprint import model_fingerprint
 
     loaded: dict[str, PairInfo] = {}
 

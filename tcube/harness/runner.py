@@ -18,11 +18,12 @@ import torch
 from tqdm import tqdm
 
 from ..methods.merger import Merger
+from ..models.fingerprint import model_fingerprint
 from ..models.loading import ModelPair
 from ..protocols.base import DataRef, EvalSet, Variant
 from ..reporting.stats import majority_baseline
 from ..runtime.device import pin
-from .cache import LogitCache, model_fingerprint
+from .cache import LogitCache
 from .distributed import SINGLE, Dist
 from .endpoints import EndpointStore
 from .rows import cell_metrics
