@@ -1,7 +1,8 @@
 """One front door for every way a model is named: `load_model(spec)` and `load_pair(generalist, expert)`.
 
 Accepted specs:
-  "local-dir:DIR" or a directory   open_clip folder (open_clip_config.json + weights + tokenizer files)
+  "local-dir:DIR" or a directory   open_clip folder (open_clip_config.json + weights + tokenizer files), or a
+                                   LoRA expert saved as factors (lora.safetensors; expert only, next to its generalist)
   "hf-hub:ORG/REPO"                open_clip model on the Hugging Face Hub (needs internet)
   "ARCH:TAG"                       open_clip built-in architecture with a pretrained tag (needs internet)
   "ARCH:FILE" or "FILE"            a state-dict file (.safetensors, or torch.load(weights_only=True));
@@ -140,8 +141,13 @@ def save_local_dir(model: nn.Module, folder: str | Path, *, model_cfg: dict[str,
     return folder
 
 
-def _load_local_dir(folder: Path, device, source: str) -> LoadedModel:
+def _load_local_dir(folder: Path, device, source: str, reference: LoadedModel | None = None) -> LoadedModel:
+    from .lora import FACTORS_FILE, apply_factors, attach_factors, load_factors
+
     config_path = folder / CONFIG_NAME
+    factors = load_factors(folder / FACTORS_FILE) if (folder / FACTORS_FILE).is_file() else None
+    if factors is not None and not config_path.is_file():  # a LoRA expert saved as factors only
+        return _lora_on(reference, factors, source, apply_factors)
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not an open_clip local-dir folder: {CONFIG_NAME} is missing")
     config = json.loads(config_path.read_text())
@@ -156,9 +162,27 @@ def _load_local_dir(folder: Path, device, source: str) -> LoadedModel:
     if weights is None:
         raise FileNotFoundError(f"{folder} holds a config but no weights ({WEIGHTS_NAME}); refusing random weights")
     _load_weights(model, load_state_dict_file(weights), what=f"{source}")
+    if factors is not None:  # merged LoRA expert: its factors let the fused engine merge it at low rank
+        attach_factors(model, factors)
     preprocess_cfg = {**default_preprocess_cfg(model_cfg), **config.get("preprocess_cfg", {})}
     return LoadedModel(model.to(device), tokenizer_for(model_cfg, folder), preprocess_from_cfg(preprocess_cfg),
                        model_cfg, preprocess_cfg, source)
+
+
+def _lora_on(reference: LoadedModel | None, factors, source: str, apply_factors) -> LoadedModel:
+    """The expert `generalist + U·V` of a factors-only folder; only next to the generalist it was tuned from."""
+    from .fingerprint import model_fingerprint
+
+    if reference is None:
+        raise ValueError(f"'{source}' is a LoRA expert stored as factors: it needs its generalist. Load it with "
+                         f"load_pair(generalist, '{source}') (or as model.expert next to model.generalist)")
+    found = model_fingerprint(reference.model)
+    if found != factors.generalist:
+        raise ValueError(f"LoRA expert '{source}' was fine-tuned from the generalist with fingerprint "
+                         f"{factors.generalist}, but '{reference.source}' has fingerprint {found}; pass the "
+                         "generalist it was fine-tuned from (its spec is in the expert's manifest.json)")
+    return LoadedModel(apply_factors(reference.model, factors), reference.tokenizer, reference.preprocess,
+                       reference.model_cfg, reference.preprocess_cfg, source)
 
 
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -191,12 +215,12 @@ def load_model(spec: str, *, reference: LoadedModel | None = None, device: str |
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     if spec.startswith("local-dir:"):
-        return _load_local_dir(Path(spec[len("local-dir:"):]).expanduser(), device, spec)
+        return _load_local_dir(Path(spec[len("local-dir:"):]).expanduser(), device, spec, reference)
     if spec.startswith("hf-hub:"):
         return _load_open_clip_named(spec, None, device, spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_local_dir(path, device, spec)
+        return _load_local_dir(path, device, spec, reference)
     if path.suffix in STATE_DICT_SUFFIXES or path.is_file():
         if reference is None:
             raise ValueError(
