@@ -122,7 +122,23 @@ def lr_factor(step: int, total: int, stage: Stage) -> float:
     return stage.min_lr_frac + (1 - stage.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _param_groups(model: nn.Module, stage: Stage) -> list[dict[str, Any]]:
+def draw_batch(splits: Sequence[Split], picks: Sequence[torch.Tensor], augment, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    """(pixels in [0, 1], labels, one slice of rows per split) for the drawn indices, augmented if asked."""
+    pixels = torch.cat([s.images[i] for s, i in zip(splits, picks)]).float() / 255.0
+    labels = torch.cat([s.labels[i] for s, i in zip(splits, picks)])
+    if augment is not None:
+        pixels = augment_batch(pixels, augment, generator)
+    bounds = torch.tensor([0] + [len(i) for i in picks]).cumsum(0).tolist()
+    return pixels, labels, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+def param_groups(model: nn.Module, stage: Stage) -> list[dict[str, Any]]:
     """Weight decay on matrices only; logit_scale in its own group (own lr, no decay)."""
     decay, no_decay, scale = [], [], []
     for name, p in model.named_parameters():
@@ -179,7 +195,7 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
     if not stage.balanced and len(splits) > 1:
         raise ValueError("training on several datasets needs a balanced stage (Stage.balanced=True)")
     sampler = BatchSampler(sizes, stage.batch_size, generator)
-    optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.98), eps=1e-6)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     losses, seen = [], [0] * len(splits)
     scale_init = float(model.logit_scale.detach().exp())
@@ -189,16 +205,9 @@ def train_clip(model: nn.Module, tokenizer: Callable, splits: Sequence[Split], s
         bar = tqdm(range(total), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
         for step in bar:
             picks = sampler(step)
-            pixels = torch.cat([s.images[i] for s, i in zip(splits, picks)]).float() / 255.0
-            labels = torch.cat([s.labels[i] for s, i in zip(splits, picks)])
-            if stage.augment is not None:
-                pixels = augment_batch(pixels, stage.augment, generator)
+            pixels, labels, groups = draw_batch(splits, picks, stage.augment, generator)
             pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            bounds = torch.tensor([0] + [len(i) for i in picks]).cumsum(0).tolist()
-            groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-            factor = lr_factor(step, total, stage)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
+            set_lr(optimizer, lr_factor(step, total, stage))
             features = model.encode_image(normalize(pixels, preprocess_cfg))
             loss = class_contrastive_loss(features, text_heads(model, tokens, shapes), groups, labels,
                                           model.logit_scale, union=stage.objective == "union")
