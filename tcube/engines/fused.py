@@ -5,7 +5,9 @@ base, swaps every weight-bearing module for its fused twin (fused_ops.py) and ha
 towers use directly (class/positional embeddings, projections, logit_scale) here, per supported tower:
 open_clip VisionTransformer / text transformer, timm ViT (BiomedCLIP's image tower) and Hugging Face text
 encoders (BiomedCLIP's BERT). `FusedCLIP` is the pair (base = expert, other = generalist, c = λ); the
-multi-expert engine (multi.py) uses base = generalist, others = the experts.
+multi-expert engine (multi.py) uses base = generalist, others = the experts. Models carrying LoRA factors
+(models.lora.factors_of) give their linear layers low-rank deltas, run at a plain forward's cost plus the
+low-rank terms (`delta_forms` counts them).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from ..models.heads import hf_pad_id, trim_padding
+from ..models.lora import factors_of
 from .base import Engine
 from .fused_ops import (
     FusedConv2d,
@@ -25,6 +28,7 @@ from .fused_ops import (
     FusedLinear,
     FusedMultiheadAttention,
     RowCoefficients,
+    Sides,
     add_mixed,
     as_matrix,
     columns,
@@ -50,15 +54,18 @@ class FusedModel(nn.Module):
         self.num_others = len(others)
         self.rows = RowCoefficients()
         self.model = copy.deepcopy(base).eval()
+        self.model.__dict__.pop("tcube_lora", None)  # the copy is the fused model, not the LoRA expert it started from
         linear_kw = dict(chunked_min_tokens=chunked_min_tokens, chunk_bytes=chunk_bytes)
         _check_buffers(base, others)
         other_modules = [dict(o.named_modules()) for o in others]
+        lora = _lora_sides(base, others)
         fused_params: set[str] = set()
         replaced: list[str] = []
         for name, module in list(self.model.named_modules()):
             if any(name.startswith(r + ".") for r in replaced):
                 continue  # inside a module already fused as a whole (e.g. attention's out_proj)
-            twin = _fuse_module(module, [m[name] for m in other_modules], self.rows, linear_kw)
+            twin = _fuse_module(module, [m[name] for m in other_modules], self.rows, linear_kw,
+                                lambda param, prefix=f"{name}." if name else "": lora(prefix + param))
             if twin is not None:
                 fused_params.update(f"{name}.{p}" for p, _ in module.named_parameters())
                 _replace(self.model, name, twin)
@@ -68,6 +75,14 @@ class FusedModel(nn.Module):
         self.direct = {n: (p.detach(), *stack_deltas(p, [o[n] for o in other_params]))
                        for n, p in self.model.named_parameters()}
         self._check_supported(fused_params)
+
+    def delta_forms(self) -> dict[str, int]:
+        """How the linear layers' weight deltas (one per matrix and other model) are stored: `factored` (low
+        rank, from LoRA factors), `dense`, or `zero` (the matrix is equal in both models: no cost)."""
+        linears = [m for m in self.modules() if isinstance(m, FusedLinear)]
+        factored = sum(len(m.factored_index) for m in linears)
+        dense = sum(len(m.weight_index) for m in linears)
+        return {"factored": factored, "dense": dense, "zero": len(linears) * self.num_others - factored - dense}
 
     def coefficients(self, coef: torch.Tensor) -> torch.Tensor:
         """coef as [R, K], checked against the number of other models."""
@@ -225,6 +240,18 @@ def _check_buffers(base: nn.Module, others: Sequence[nn.Module]) -> None:
                                  "is not affine in the coefficients (e.g. BatchNorm statistics); use engine='naive'")
 
 
+def _lora_sides(base: nn.Module, others: Sequence[nn.Module]):
+    """name -> (base's LoRA factors of that matrix, each other model's), or None when no model has any."""
+    found = [factors_of(m) for m in (base, *others)]
+    tables = [{} if f is None else f.factors for f in found]
+
+    def sides(name: str) -> Sides | None:
+        per_model = [t.get(name) for t in tables]
+        return None if all(f is None for f in per_model) else (per_model[0], per_model[1:])
+
+    return sides
+
+
 def _prefixed(name: str, handled: set[str]) -> bool:
     return any(name.startswith(h + ".") for h in handled)
 
@@ -266,8 +293,9 @@ def _text_kind(model: nn.Module) -> str:
 
 
 def _fuse_module(module: nn.Module, others: list[nn.Module], rows: RowCoefficients,
-                 linear_kw: dict) -> nn.Module | None:
-    """The fused twin of a weight-bearing leaf module, or None for modules without own parameters."""
+                 linear_kw: dict, lora=lambda param: None) -> nn.Module | None:
+    """The fused twin of a weight-bearing leaf module, or None for modules without own parameters.
+    `lora(param)`: the models' LoRA factors of the module's matrix `param` (_lora_sides)."""
     from open_clip.transformer import LayerNormFp32
     from open_clip.transformer import LayerScale as OCLayerScale
 
@@ -276,9 +304,10 @@ def _fuse_module(module: nn.Module, others: list[nn.Module], rows: RowCoefficien
     except ImportError:  # pragma: no cover - timm is a dependency
         TimmLayerScale = OCLayerScale
     if isinstance(module, nn.MultiheadAttention):
-        return FusedMultiheadAttention(module, others, rows, **linear_kw)
+        return FusedMultiheadAttention(module, others, rows, in_factors=lora("in_proj_weight"),
+                                       out_factors=lora("out_proj.weight"), **linear_kw)
     if isinstance(module, nn.Linear):
-        return FusedLinear.from_modules(module, others, rows, **linear_kw)
+        return FusedLinear.from_modules(module, others, rows, factors=lora("weight"), **linear_kw)
     if isinstance(module, nn.Conv2d):
         return FusedConv2d(module, others, rows)
     if isinstance(module, nn.LayerNorm):

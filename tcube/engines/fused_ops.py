@@ -9,7 +9,9 @@ modules of one model read.
 
 Each op stores only the nonzero deltas with their indices k (an expert that left a layer untouched costs
 nothing there). With a single stored delta an op runs the pair engines' elementwise form (addcmul), so
-two-model results do not depend on this generalization.
+two-model results do not depend on this generalization. A linear layer keeps a delta that a LoRA expert's
+factors give exactly (to rounding) as those factors, Δ_k = U_k·V_k, and adds Σ_k c_rk·U_k(V_k·x) to a plain
+forward instead of paying a dense Δ (`factored_delta`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ CHUNKED_MIN_TOKENS_SMALL = 48   # weights ≤ CACHE_RESIDENT_BYTES
 CHUNKED_MIN_TOKENS_LARGE = 160  # larger weights
 
 Index = tuple[int, ...]
+Factors = tuple[torch.Tensor, torch.Tensor]  # (U [out, r], V [r, in]): a low-rank offset U·V
+# For one matrix: the base model's LoRA factors and each other model's (None where a model has none)
+Sides = tuple[Factors | None, Sequence[Factors | None]]
 
 
 class RowCoefficients:
@@ -100,6 +105,97 @@ def stack_deltas(base: torch.Tensor | None, others: Sequence[torch.Tensor | None
     if not found:
         return None, ()
     return torch.stack([d for _, d in found]), tuple(k for k, _ in found)
+
+
+def lowrank_of_delta(f_base: Factors | None, f_other: Factors | None) -> Factors | None:
+    """(U, V) with U·V = f_other − f_base, each side's LoRA offset U·V (0 without factors): [U_o, −U_b], [V_o; V_b]."""
+    sides = [(s * f[0], f[1]) for f, s in ((f_other, 1.0), (f_base, -1.0)) if f is not None]
+    if not sides:
+        return None
+    return torch.cat([u for u, _ in sides], 1), torch.cat([v for _, v in sides], 0)
+
+
+def lowrank_pays(shape: torch.Size, rank: int) -> bool:
+    """A rank-r term costs r·(out + in) multiply-adds per token against out·in for a dense Δ."""
+    out, inn = shape
+    return rank * (out + inn) < out * inn
+
+
+def agrees_to_rounding(w_base: torch.Tensor, w_other: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> bool:
+    """max|(W_other − W_base) − U·V| within what float rounding leaves when each model was built as
+    W = fl(W_gen + fl(U_M·V_M)) (lora.apply_factors / merge_lora), possibly cast to its dtype afterwards.
+
+    Why this bound (u = eps/2 for fp32, u_d for the models' dtype d): per model, the fp32 product of rank r is
+    off by ≤ (r + 1)·u·|U||V| elementwise (Higham's dot-product bound, +1 for the alpha/r scaling before or
+    after it), its conversion to d by ≤ u_d·|U||V|, the addition and a later cast by ≤ u_d·|W| each. Over
+    both sides (r the combined rank; |U||V| of the concatenated factors is the sum of the sides') that is
+    ≤ eps·A, A = |W_base| + |W_other| + (r + 1)·|U||V| and eps the larger of fp32's and d's. The check runs in
+    fp32 (or wider) and its own rounding is ≤ eps·A too, so 2·eps·A bounds what it can see, taken at the
+    matrices' largest magnitudes (Σ_i max|U_:i|·max|V_i:| ≥ max |U||V|). Factors of another generalist, or
+    edited weights, leave residuals of order |W| and fail it.
+    """
+    dtype = torch.promote_types(w_base.dtype, torch.float32)
+    wb, wo = w_base.detach().to(dtype), w_other.detach().to(dtype)
+    u, v = u.to(wb), v.to(wb)
+    residual = _max_abs(torch.addmm(wo - wb, u, v, alpha=-1))
+    eps = max(torch.finfo(w_base.dtype).eps, torch.finfo(torch.float32).eps)
+    uv = (u.abs().amax(0) * v.abs().amax(1)).sum()
+    return bool(residual <= 2 * eps * (_max_abs(wb) + _max_abs(wo) + (u.shape[1] + 1) * uv))
+
+
+def _max_abs(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, float("inf"))
+
+
+def factored_delta(w_base: torch.Tensor, w_other: torch.Tensor, f_base: Factors | None,
+                   f_other: Factors | None) -> Factors | None:
+    """Δ = W_other − W_base as (U, V) in the weights' dtype and device, from the two models' LoRA factors,
+    when their combined rank pays and the weights agree with it to rounding; None: keep Δ dense."""
+    uv = lowrank_of_delta(f_base, f_other)
+    if uv is None:
+        return None
+    u, v = uv
+    if (u.shape[0], v.shape[1]) != tuple(w_base.shape) or not lowrank_pays(w_base.shape, u.shape[1]):
+        return None
+    if not agrees_to_rounding(w_base, w_other, u, v):
+        return None
+    return u.to(w_base).contiguous(), v.to(w_base).contiguous()
+
+
+def split_deltas(base: torch.Tensor, others: Sequence[torch.Tensor], sides: Sides | None
+                 ) -> tuple[torch.Tensor | None, Index, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """stack_deltas, except that each nonzero Δ_k with a verified low-rank form (factored_delta) is kept as
+    (k, U_k, V_k): (dense Δs [m, out, in] or None, their k, the factored ones)."""
+    if sides is None:
+        return (*stack_deltas(base, others), [])
+    f_base, f_others = sides
+    dense, factored = [], []
+    for k, other in enumerate(others):
+        delta = delta_or_none(other, base)
+        if delta is None:
+            continue
+        uv = factored_delta(base, other, f_base, f_others[k])
+        if uv is None:
+            dense.append((k, delta))
+        else:
+            factored.append((k, *uv))
+    stacked = torch.stack([d for _, d in dense]) if dense else None
+    return stacked, tuple(k for k, _ in dense), factored
+
+
+def add_lowrank(y: torch.Tensor, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, coef: torch.Tensor
+                ) -> torch.Tensor:
+    """y + Σ_j c_rj·U_j(V_j·x) for every row r, as ((x·Vᵀ) ⊙ c)·Uᵀ.
+
+    u [out, Σr], v [Σr, in] (the deltas' factors side by side); coef [R or 1, Σr] (each rank column's
+    coefficient) or [R or 1, 1] (one delta). y is the op's own fresh output: updated in place when it can be.
+    """
+    z = F.linear(x, v)
+    z = z * coef.to(z.dtype).view(coef.shape[0], *([1] * (z.ndim - 2)), coef.shape[1])
+    if y.shape[:-1] != z.shape[:-1] or not y.is_contiguous():  # e.g. one broadcast input row
+        return y + F.linear(z, u)
+    y.view(-1, y.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]).to(y.dtype), u.t().to(y.dtype))
+    return y
 
 
 def per_row(base: torch.Tensor, deltas: torch.Tensor | None, coef: torch.Tensor) -> torch.Tensor:
@@ -181,24 +277,45 @@ def _chunked_min_tokens(weight: torch.Tensor, m: int) -> int:
 class FusedLinear(_FusedOp):
     """Linear layer with per-row merged weights.
 
-    Two exact forms: `dual` runs one GEMM against [W_base; Δ_1; …; Δ_m] ((m+1)× FLOPs) and combines the
-    outputs; `chunked` forms each row's weight W_base + Σ_k c_rk·Δ_k and runs a batched matmul over chunks
-    of rows (≈1× FLOPs plus one weight-sized write per row). Chunked wins once a row has enough tokens to
-    amortize that write (`_chunked_min_tokens`).
+    Two exact forms for dense deltas: `dual` runs one GEMM against [W_base; Δ_1; …; Δ_m] ((m+1)× FLOPs) and
+    combines the outputs; `chunked` forms each row's weight W_base + Σ_k c_rk·Δ_k and runs a batched matmul
+    over chunks of rows (≈1× FLOPs plus one weight-sized write per row). Chunked wins once a row has enough
+    tokens to amortize that write (`_chunked_min_tokens`). Deltas that LoRA factors give (`factors`: the
+    models' (U, V) for this matrix) are kept factored instead (`factored_index`, `factored_ranks`) and add
+    ((x·Vᵀ) ⊙ c)·Uᵀ to the output; with one shared row of coefficients and many tokens (≥ `fold_min_tokens`)
+    U·V is folded into the one merged weight instead, which is then cheaper.
     """
 
     def __init__(self, weight, bias, other_weights: Sequence[torch.Tensor], other_biases: Sequence[torch.Tensor | None],
-                 rows: RowCoefficients, *, chunked_min_tokens: int | None = None, chunk_bytes: int = 64 * 2**20):
+                 rows: RowCoefficients, *, factors: Sides | None = None, chunked_min_tokens: int | None = None,
+                 chunk_bytes: int = 64 * 2**20):
         super().__init__(rows)
         self.out_features, self.in_features = weight.shape
-        deltas, self.weight_index = stack_deltas(weight, _as_list(other_weights))
+        deltas, self.weight_index, factored = split_deltas(weight, _as_list(other_weights), factors)
         stacked = weight.detach().clone() if deltas is None else torch.cat([weight.detach(), *deltas])
         self.register_buffer("weight", stacked)  # rows [:out] = W_base, then each stored Δ_k's `out` rows
+        self._own_factored(factored)
         self._own("bias", bias, _as_list(other_biases))
         if chunked_min_tokens is None:
             chunked_min_tokens = _chunked_min_tokens(weight, len(self.weight_index))
         self.chunked_min_tokens = chunked_min_tokens
         self.chunk_bytes = chunk_bytes
+        # shared coefficients: forming U·V costs out·in·Σr multiply-adds, the low-rank term N·Σr·(out + in)
+        # for N tokens in the batch; fold from the token count where forming is the cheaper
+        self.fold_min_tokens = math.ceil(self.out_features * self.in_features / (self.out_features + self.in_features))
+
+    def _own_factored(self, factored: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """Buffers lora_U [out, Σr] and lora_V [Σr, in] (every factored delta's columns side by side) and
+        lora_owner (the delta of each rank column, with several); attributes factored_index / factored_ranks."""
+        self.factored_index: Index = tuple(k for k, _, _ in factored)
+        self.factored_ranks: tuple[int, ...] = tuple(u.shape[1] for _, u, _ in factored)
+        self.register_buffer("lora_U", torch.cat([u for _, u, _ in factored], 1) if factored else None)
+        self.register_buffer("lora_V", torch.cat([v for _, _, v in factored], 0) if factored else None)
+        owner = None
+        if len(factored) > 1:
+            owner = torch.repeat_interleave(torch.arange(len(factored)), torch.tensor(self.factored_ranks))
+            owner = owner.to(self.lora_U.device)
+        self.register_buffer("lora_owner", owner)
 
     @classmethod
     def from_modules(cls, base: nn.Linear, others: nn.Linear | Sequence[nn.Linear], rows: RowCoefficients,
@@ -208,7 +325,7 @@ class FusedLinear(_FusedOp):
 
     @property
     def has_delta_w(self) -> bool:
-        return bool(self.weight_index)
+        return bool(self.weight_index or self.factored_index)
 
     def _split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_base [out, in] and the stored deltas [m, out, in] (views of one buffer)."""
@@ -217,11 +334,12 @@ class FusedLinear(_FusedOp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, index = self.out_features, self.weight_index
-        if not index:
+        shared = self.rows.shared is not None
+        fold = bool(self.factored_index) and shared and x.numel() // self.in_features >= self.fold_min_tokens
+        if not index and not fold:
             y = F.linear(x, self.weight, self.bias)
-        elif self.rows.shared is not None:  # one row of coefficients: one merged weight, one plain GEMM
-            base, deltas = self._split()
-            y = F.linear(x, merged_once(base, deltas, self.rows.shared_of(index, x.dtype)), self.bias)
+        elif shared:  # one row of coefficients: one merged weight, one plain GEMM
+            y = F.linear(x, self._shared_weight(x.dtype, fold), self.bias)
         else:
             tokens = x.numel() // max(1, x.shape[0] * self.in_features)
             if tokens >= self.chunked_min_tokens:
@@ -231,7 +349,24 @@ class FusedLinear(_FusedOp):
                 y = add_mixed(y2[..., :out], self.rows.of(index, x), y2[..., out:].unflatten(-1, (-1, out)), -2)
                 if self.bias is not None:
                     y = y + self.bias
+        if self.factored_index and not fold:
+            coef = self.rows.shared_of(self.factored_index, x.dtype) if shared else self.rows.of(self.factored_index, x)
+            y = add_lowrank(y, x, self.lora_U, self.lora_V, self._rank_columns(coef))
         return self._add_bias_delta(y, self.delta_bias, self.bias_index)
+
+    def _rank_columns(self, coef: torch.Tensor) -> torch.Tensor:
+        """The factored deltas' coefficients [R, m] as each rank column's [R, Σr] ([R, 1] for one delta: broadcast)."""
+        return coef if self.lora_owner is None else coef.index_select(1, self.lora_owner)
+
+    def _shared_weight(self, dtype: torch.dtype, fold: bool) -> torch.Tensor:
+        """W_base + Σ_k c_k·Δ_k for the one shared row: dense deltas merged, factored ones folded in if `fold`."""
+        w = self.weight[:self.out_features]
+        if self.weight_index:
+            w = merged_once(*self._split(), self.rows.shared_of(self.weight_index, dtype))
+        if fold:
+            coef = self._rank_columns(self.rows.shared_of(self.factored_index, self.lora_U.dtype))
+            w = torch.addmm(w, self.lora_U * coef, self.lora_V)
+        return w
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         out = self.out_features
@@ -346,7 +481,8 @@ class FusedMultiheadAttention(nn.Module):
     """Drop-in for a batch-first, self-attention nn.MultiheadAttention with per-row merged projections."""
 
     def __init__(self, base: nn.MultiheadAttention, others: nn.MultiheadAttention | Sequence[nn.MultiheadAttention],
-                 rows: RowCoefficients, **linear_kw):
+                 rows: RowCoefficients, *, in_factors: Sides | None = None, out_factors: Sides | None = None,
+                 **linear_kw):
         super().__init__()
         if not base.batch_first or not base._qkv_same_embed_dim or base.bias_k is not None or base.add_zero_attn:
             raise ValueError(
@@ -355,8 +491,9 @@ class FusedMultiheadAttention(nn.Module):
         others = _as_list(others)
         self.num_heads, self.batch_first = base.num_heads, True
         self.in_proj = FusedLinear(base.in_proj_weight, base.in_proj_bias, [o.in_proj_weight for o in others],
-                                   [o.in_proj_bias for o in others], rows, **linear_kw)
-        self.out_proj = FusedLinear.from_modules(base.out_proj, [o.out_proj for o in others], rows, **linear_kw)
+                                   [o.in_proj_bias for o in others], rows, factors=in_factors, **linear_kw)
+        self.out_proj = FusedLinear.from_modules(base.out_proj, [o.out_proj for o in others], rows,
+                                                 factors=out_factors, **linear_kw)
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
