@@ -235,3 +235,14 @@ def test_torchrun_two_ranks_train_what_one_process_trains(one_data_root, general
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["world_size"] == 2
+
+
+def test_bf16_autocast_trains_and_fp16_on_cpu_is_refused(one_data_root, generalist_dir, tmp_path):
+    recipe = Recipe(mode="lora", steps=2, batch_size=8, lr=1e-3, eval_every=2)
+    out = finetune(f"local-dir:{generalist_dir}", "breastmnist", out=tmp_path / "bf16", recipe=recipe,
+                   precision="bf16", data_root=one_data_root.path, device="cpu", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16" and manifest["training"]["loss_first"] > 0
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        finetune(f"local-dir:{generalist_dir}", "breastmnist", out=tmp_path / "fp16", recipe=recipe,
+                 precision="fp16", data_root=one_data_root.path, device="cpu", progress=False)
