@@ -246,3 +246,47 @@ def test_bf16_autocast_trains_and_fp16_on_cpu_is_refused(one_data_root, generali
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         finetune(f"local-dir:{generalist_dir}", "breastmnist", out=tmp_path / "fp16", recipe=recipe,
                  precision="fp16", data_root=one_data_root.path, device="cpu", progress=False)
+
+
+def _write_folder_dataset(root: Path, name: str, hf: bool) -> None:
+    """Two classes (dark, bright) of 28-px grey PNGs per split: an image folder, or the same saved with datasets."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = {split: [] for split in ("train", "val", "test")}
+    for split in rows:
+        for i in range(8):
+            label = i % 2
+            img = Image.fromarray(rng.integers(0, 90, (28, 28), dtype=np.uint8) + 150 * label)
+            if hf:
+                rows[split].append((img, label))
+            else:
+                folder = root / name / split / ("a_dark", "b_bright")[label]
+                folder.mkdir(parents=True, exist_ok=True)
+                img.save(folder / f"{i}.png")
+    if hf:
+        from datasets import ClassLabel, Dataset, DatasetDict, Features
+        from datasets import Image as HFImage
+
+        features = Features({"image": HFImage(), "label": ClassLabel(names=["a_dark", "b_bright"])})
+        DatasetDict({s: Dataset.from_dict({"image": [r[0] for r in v], "label": [r[1] for r in v]}, features=features)
+                     for s, v in rows.items()}).save_to_disk(str(root / name))
+
+
+@pytest.mark.parametrize("hf", [False, True], ids=["image_folder", "saved_hf_dataset"])
+def test_a_data_config_dataset_in_a_folder_fine_tunes(generalist_dir, tmp_path, hf):
+    from tcube.data import file_md5, spec_from_config
+
+    _write_folder_dataset(tmp_path / "data", "skinfolder", hf)
+    spec = spec_from_config({"name": "skinfolder", "modality": "dermoscopy", "classes": ["a_dark", "b_bright"],
+                             "descriptions": ["a benign lesion", "a malignant lesion"]})
+    out = finetune(f"local-dir:{generalist_dir}", spec, out=tmp_path / "e", data_root=tmp_path / "data",
+                   recipe=Recipe(steps=2, batch_size=4, eval_every=2, lr=1e-3), device="cpu", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["train_images"] == 8 and manifest["dataset"]["name"] == "skinfolder"
+    assert manifest["data"]["file"].endswith("skinfolder") and len(manifest["data"]["md5"]) == 32
+    first = next(p for p in sorted((tmp_path / "data" / "skinfolder").rglob("*")) if p.is_file())
+    before = file_md5(tmp_path / "data" / "skinfolder")
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert file_md5(tmp_path / "data" / "skinfolder") != before

@@ -141,7 +141,7 @@ def finetune(generalist: str, dataset: Any, *, out: str | os.PathLike, recipe: R
         val = _limited(load_split(spec, "val", root=data_root, preprocess_cfg=pre), recipe.val_limit, seed)
         gen_fp = model_fingerprint(gen.model)
         data_file = dataset_file(spec.name, data_root)
-        md5 = file_md5(data_file) if data_file.is_file() else None
+        md5 = file_md5(data_file)  # a folder's too (its files' paths and MD5s)
         model = copy.deepcopy(gen.model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # LoRA's A init
