@@ -159,6 +159,11 @@ def test_factors_refuse_another_generalist(one_data_root, generalist_dir, tmp_pa
         load_pair(f"local-dir:{other}", f"local-dir:{out}")
     with pytest.raises(FileExistsError, match="already holds"):
         finetune(f"local-dir:{generalist_dir}", "breastmnist", out=out, data_root=one_data_root.path, device="cpu")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an expert folder"):  # never deleted to make room
+        finetune(f"local-dir:{generalist_dir}", "breastmnist", out=tmp_path / "mine", data_root=one_data_root.path)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_a_killed_run_resumes_to_the_same_weights(one_data_root, generalist_dir, tmp_path):

@@ -115,9 +115,9 @@ def run_loop(model: nn.Module, tokenizer: Callable, train: Split, val: Split, st
     optimizer = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.98), eps=1e-6)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    selection, losses, start_step, resumed = Selection(metric), [], 0, None
+    selection, losses, start_step, resumed, rng = Selection(metric), [], 0, None, None
     if checkpoint is not None and checkpoint.is_file():
-        start_step = _restore(checkpoint, digest, model, optimizer, sampler, generator, selection, losses)
+        start_step, rng = _restore(checkpoint, digest, model, optimizer, sampler, generator, selection, losses)
         resumed = start_step
     shard = slice(dist.rank * stage.batch_size // dist.world, (dist.rank + 1) * stage.batch_size // dist.world)
 
@@ -131,7 +131,7 @@ def run_loop(model: nn.Module, tokenizer: Callable, train: Split, val: Split, st
         if start_step == 0:
             score(0)  # the generalist itself: the expert must beat it on val to be selected
         else:
-            torch.set_rng_state(_rng_of(checkpoint))
+            torch.set_rng_state(rng)
         bar = tqdm(range(start_step, total), desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
                    initial=start_step, total=total)
         for step in bar:
@@ -196,11 +196,9 @@ def _load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _rng_of(path: Path) -> torch.Tensor:
-    return _load(path)["rng"]
-
-
-def _restore(path: Path, digest: str, model, optimizer, sampler, generator, selection, losses) -> int:
+def _restore(path: Path, digest: str, model, optimizer, sampler, generator, selection, losses
+             ) -> tuple[int, torch.Tensor]:
+    """Load a checkpoint into the run's objects; (its step, the global RNG state to continue with)."""
     state = _load(path)
     if state.get("digest") != digest:
         raise ValueError(f"{path} is the checkpoint of another fine-tuning run (other generalist, data or "
@@ -213,4 +211,4 @@ def _restore(path: Path, digest: str, model, optimizer, sampler, generator, sele
     sel = state["selection"]
     selection.curve, selection.best_step = sel["curve"], sel["best_step"]
     selection.best_score, selection.best_state = sel["best_score"], sel["best_state"]
-    return int(state["step"])
+    return int(state["step"]), state["rng"]

@@ -130,12 +130,18 @@ def finetune(generalist: str, dataset: Any, *, out: str | os.PathLike, recipe: R
         raise ValueError(f"save must be one of {SAVES}, got {save!r}")
     if (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} already holds a fine-tuned expert; delete it or pass another out=")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never ours: experts appear by one rename
+        raise FileExistsError(f"{out} exists and is not an expert folder; pass a new folder as out=")
     spec = spec_of(dataset)
     dist, created = init_from_env(resolve_device(device))
     try:
         dev = local_device(resolve_device(device), dist)
         check_precision(precision, dev)
         gen = load_model(generalist, device="cpu")
+        if not gen.model_cfg and not (recipe.mode == "lora" and save == "factors"):
+            raise ValueError(f"the open_clip config of '{generalist}' is unknown, so a complete expert folder cannot be "
+                             "written; save it as LoRA factors (mode=lora save=factors) or load the generalist from "
+                             "a local-dir: folder")
         pre = full_preprocess_cfg(gen)
         train = load_split(spec, "train", root=data_root, preprocess_cfg=pre)
         val = _limited(load_split(spec, "val", root=data_root, preprocess_cfg=pre), recipe.val_limit, seed)
@@ -234,7 +240,7 @@ def _publish(out: Path, model, gen, pre: dict[str, Any], factors: LoraFactors | 
         manifest["factors_sha256"] = sha256(staging / FACTORS_FILE)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
-        shutil.rmtree(out)  # an unfinished folder of ours (a finished one was refused up front)
+        out.rmdir()  # an empty folder (anything else was refused before training)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(out)
 

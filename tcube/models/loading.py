@@ -204,8 +204,11 @@ def _load_open_clip_named(spec: str, pretrained: str | None, device, source: str
             + "Download the model once where there is internet, save it as an open_clip folder, and pass "
             "'local-dir:/path/to/folder'."
         ) from err
-    model_cfg = open_clip.get_model_config(spec) or {}
-    return LoadedModel(model.eval(), tokenizer, preprocess, model_cfg, {}, source)
+    model_cfg, preprocess_cfg = open_clip.get_model_config(spec) or {}, {}
+    if spec.startswith("hf-hub:"):  # the hub's open_clip_config.json, already fetched by create_model above
+        config = open_clip.factory._get_hf_config(spec[len("hf-hub:"):])
+        model_cfg, preprocess_cfg = config.get("model_cfg", {}), config.get("preprocess_cfg", {})
+    return LoadedModel(model.eval(), tokenizer, preprocess, model_cfg, preprocess_cfg, source)
 
 
 def load_model(spec: str, *, reference: LoadedModel | None = None, device: str | torch.device = "cpu") -> LoadedModel:
