@@ -121,6 +121,8 @@ def run_loop(model: nn.Module, tokenizer: Callable, train: Split, val: Split, st
         resumed = start_step
     shard = slice(dist.rank * stage.batch_size // dist.world, (dist.rank + 1) * stage.batch_size // dist.world)
 
+    val = _on(val, device)  # once: scored at every evaluation
+
     def score(step: int) -> None:
         if dist.is_main:
             selection.record(step, _val_scores(model, tokenizer, val, preprocess_cfg, device, precision),
@@ -172,7 +174,7 @@ def run_loop(model: nn.Module, tokenizer: Callable, train: Split, val: Split, st
 def _val_scores(model, tokenizer, val: Split, preprocess_cfg, device, precision) -> dict[str, float]:
     model.eval()
     with autocast(device, precision):
-        scores = evaluate(model, tokenizer, _on(val, device), preprocess_cfg, batch_size=128)
+        scores = evaluate(model, tokenizer, val, preprocess_cfg, batch_size=128)
     return {k: scores[k] for k in ("top1", "balanced_acc")}
 
 

@@ -144,7 +144,8 @@ def finetune(generalist: str, dataset: Any, *, out: str | os.PathLike, recipe: R
                              "a local-dir: folder")
         pre = full_preprocess_cfg(gen)
         train = load_split(spec, "train", root=data_root, preprocess_cfg=pre)
-        val = _limited(load_split(spec, "val", root=data_root, preprocess_cfg=pre), recipe.val_limit, seed)
+        val_all = load_split(spec, "val", root=data_root, preprocess_cfg=pre)
+        val = _limited(val_all, recipe.val_limit, seed)
         gen_fp = model_fingerprint(gen.model)
         data_file = dataset_file(spec.name, data_root)
         md5 = file_md5(data_file)  # a folder's too (its files' paths and MD5s)
@@ -178,7 +179,7 @@ def finetune(generalist: str, dataset: Any, *, out: str | os.PathLike, recipe: R
                 "generalist": {"spec": generalist, "fingerprint": gen_fp},
                 "dataset": describe(spec),
                 "data": {"file": str(data_file.resolve()), "md5": md5, "train_images": len(train),
-                         "val_images": len(val), "val_images_total": _val_total(spec, data_root, pre)},
+                         "val_images": len(val), "val_images_total": len(val_all)},
                 "recipe": recipe.to_dict(), "seed": int(seed), "device": str(dev), "precision": precision,
                 "world_size": dist.world, "adapted": adapted,
                 "validation": {"metric": recipe.metric, "curve": sel.curve, "selected_step": sel.best_step,
@@ -207,12 +208,6 @@ def _limited(split, limit: int | None, seed: int):
     if limit is None or len(split) <= limit:
         return split
     return labelled_share(split, limit / len(split), seed)
-
-
-def _val_total(spec, data_root, pre) -> int:
-    from ..zoo.data import load_split
-
-    return len(load_split(spec, "val", root=data_root, preprocess_cfg=pre))
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -142,12 +142,12 @@ def save_local_dir(model: nn.Module, folder: str | Path, *, model_cfg: dict[str,
 
 
 def _load_local_dir(folder: Path, device, source: str, reference: LoadedModel | None = None) -> LoadedModel:
-    from .lora import FACTORS_FILE, apply_factors, attach_factors, load_factors
+    from .lora import FACTORS_FILE, attach_factors, load_factors
 
     config_path = folder / CONFIG_NAME
     factors = load_factors(folder / FACTORS_FILE) if (folder / FACTORS_FILE).is_file() else None
     if factors is not None and not config_path.is_file():  # a LoRA expert saved as factors only
-        return _lora_on(reference, factors, source, apply_factors)
+        return _lora_on(reference, factors, source)
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not an open_clip local-dir folder: {CONFIG_NAME} is missing")
     config = json.loads(config_path.read_text())
@@ -169,9 +169,10 @@ def _load_local_dir(folder: Path, device, source: str, reference: LoadedModel | 
                        model_cfg, preprocess_cfg, source)
 
 
-def _lora_on(reference: LoadedModel | None, factors, source: str, apply_factors) -> LoadedModel:
+def _lora_on(reference: LoadedModel | None, factors, source: str) -> LoadedModel:
     """The expert `generalist + U·V` of a factors-only folder; only next to the generalist it was tuned from."""
     from .fingerprint import model_fingerprint
+    from .lora import apply_factors
 
     if reference is None:
         raise ValueError(f"'{source}' is a LoRA expert stored as factors: it needs its generalist. Load it with "

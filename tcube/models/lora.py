@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +72,6 @@ class LoraFactors:
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
     generalist: str
-
-    def delta(self, name: str) -> torch.Tensor:
-        u, v = self.factors[name]
-        return u @ v
 
 
 def _tower(name: str) -> str:
@@ -220,7 +215,3 @@ def load_factors(path: str | Path) -> LoraFactors:
     names = sorted({k.rsplit(".lora_", 1)[0] for k in keys})
     return LoraFactors({n: (tensors[f"{n}.lora_U"], tensors[f"{n}.lora_V"]) for n in names}, meta["generalist"])
 
-
-def factored_names(models: Sequence[nn.Module]) -> set[str]:
-    """Matrices some model of `models` adapts through LoRA factors."""
-    return {n for m in models if (f := factors_of(m)) is not None for n in f.factors}
